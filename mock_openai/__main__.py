@@ -1,0 +1,52 @@
+"""Run the mock as its own process; env MOCK_HOST, MOCK_PORT, MOCK_TOKENS, MOCK_DELAY_MS
+set the defaults.
+"""
+
+import argparse
+import logging
+import os
+import socket
+
+import uvicorn
+
+from mock_openai.app import create_app
+from mock_openai.stream import drop_abort_logs
+
+
+class _AnnouncingServer(uvicorn.Server):
+    """Prints the base URL once the socket listens, so launchers can see where it went."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            port = self.servers[0].sockets[0].getsockname()[1]
+            print(f"mock_openai listening on http://{self.config.host}:{port}/v1", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ
+    parser = argparse.ArgumentParser(prog="python -m mock_openai", description=__doc__)
+    parser.add_argument("--host", default=env.get("MOCK_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(env.get("MOCK_PORT", "8100")))
+    parser.add_argument("--tokens", type=int, default=int(env.get("MOCK_TOKENS", "40")))
+    parser.add_argument("--delay-ms", type=float, default=float(env.get("MOCK_DELAY_MS", "20")))
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    config = uvicorn.Config(
+        create_app(tokens=args.tokens, delay_ms=args.delay_ms),
+        host=args.host,
+        port=args.port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )
+    logging.getLogger("uvicorn.error").addFilter(drop_abort_logs)
+    _AnnouncingServer(config).run()
+
+
+if __name__ == "__main__":
+    main()

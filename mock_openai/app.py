@@ -1,0 +1,103 @@
+"""The Starlette app: OpenAI-compatible routes plus `/_mock/*` routes for inspecting the logs."""
+
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+from mock_openai.chat import DEFAULT_MODEL, BadRequestError, ChatRequest, parse_chat_request
+from mock_openai.directives import DirectiveError, Directives, parse_directives
+from mock_openai.journal import Journal
+from mock_openai.script import reply_tokens
+from mock_openai.stream import TokenStream
+from mock_openai.wire import Reply, error_body, usage
+
+
+class OrjsonResponse(Response):
+    """JSON via orjson: the logs can hold many thousands of floats."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def _error(status: int, message: str, error_type: str = "invalid_request_error") -> Response:
+    return OrjsonResponse(error_body(message, error_type, None), status_code=status)
+
+
+class MockEndpoints:
+    """Request handlers sharing one journal and the server-wide defaults."""
+
+    def __init__(self, defaults: Directives) -> None:
+        self._defaults = defaults
+        self._journal = Journal()
+
+    async def chat_completions(self, request: Request) -> Response | TokenStream:
+        try:
+            chat = parse_chat_request(await request.body())
+            directives = parse_directives(chat.key, self._defaults)
+        except (BadRequestError, DirectiveError) as exc:
+            return _error(400, str(exc))
+        attempt = self._journal.record_request(chat)
+        if directives.status is not None:
+            message = f"mock error status={directives.status} (attempt {attempt})"
+            body = error_body(message, "mock_error", directives.status)
+            return OrjsonResponse(body, status_code=directives.status)
+        tokens = reply_tokens(chat.key, attempt, directives.sent_tokens)
+        if chat.stream:
+            return self._stream(chat, directives, attempt, tokens)
+        if directives.ending != "finish":
+            return _error(400, "fail_after and hang_after need stream=true")
+        token_usage = usage(chat.prompt_words, len(tokens))
+        return OrjsonResponse(Reply(chat.model).completion("".join(tokens), token_usage))
+
+    def _stream(
+        self, chat: ChatRequest, directives: Directives, attempt: int, tokens: list[str]
+    ) -> TokenStream:
+        reply = Reply(chat.model)
+        token_usage = usage(chat.prompt_words, len(tokens)) if chat.include_usage else None
+        return TokenStream(
+            head=reply.head_event(),
+            tokens=reply.token_events(tokens),
+            tail=reply.tail_events(token_usage),
+            delay_s=directives.delay_ms / 1000,
+            ending=directives.ending,
+            emitted=self._journal.open_emission(chat.key, attempt, tokens),
+        )
+
+    async def models(self, request: Request) -> Response:
+        model = {"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "mock_openai"}
+        return OrjsonResponse({"object": "list", "data": [model]})
+
+    async def requests(self, request: Request) -> Response:
+        return OrjsonResponse(self._journal.requests(request.query_params.get("contains")))
+
+    async def emissions(self, request: Request) -> Response:
+        return OrjsonResponse(self._journal.emissions(request.query_params.get("contains")))
+
+    async def reset(self, request: Request) -> Response:
+        self._journal.reset()
+        return Response(status_code=204)
+
+    async def healthz(self, request: Request) -> Response:
+        return PlainTextResponse("ok")
+
+
+def create_app(tokens: int = 40, delay_ms: float = 20.0) -> Starlette:
+    """Build an app whose replies default to `tokens` tokens, `delay_ms` apart."""
+    endpoints = MockEndpoints(Directives(tokens=tokens, delay_ms=delay_ms))
+    return Starlette(
+        routes=[
+            Route("/v1/chat/completions", endpoints.chat_completions, methods=["POST"]),
+            Route("/v1/models", endpoints.models, methods=["GET"]),
+            Route("/_mock/requests", endpoints.requests, methods=["GET"]),
+            Route("/_mock/requests", endpoints.reset, methods=["DELETE"]),
+            Route("/_mock/reset", endpoints.reset, methods=["POST"]),
+            Route("/_mock/emissions", endpoints.emissions, methods=["GET"]),
+            Route("/healthz", endpoints.healthz, methods=["GET"]),
+        ]
+    )

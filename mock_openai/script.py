@@ -1,0 +1,30 @@
+"""The deterministic reply text, importable so callers can predict what the mock will say."""
+
+from hashlib import blake2b
+
+VOCABULARY: tuple[str, ...] = (
+    "apple", "river", "stone", "cloud", "green", "light", "quick", "brown",
+    "small", "north", "quiet", "metal", "paper", "glass", "sugar", "ocean",
+    "tiger", "maple", "cedar", "amber", "coral", "delta", "ember", "frost",
+    "grain", "honey", "ivory", "jolly", "karma", "lemon", "mango", "noble",
+    "olive", "pearl", "quill", "raven", "sable", "tulip", "umber", "vivid",
+    "wheat", "xenon", "yield", "zebra", "alpha", "bravo", "charm", "dream",
+    "eagle", "flame", "grove", "haven", "index", "jewel", "kiosk", "lunar",
+    "mirth", "nylon", "orbit", "prism", "quota", "ridge", "solar", "torch",
+)  # fmt: skip
+
+
+def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
+    """Return the `count` tokens the mock streams for `key` (last user text) on `attempt`.
+
+    Each token is a vocabulary word plus a trailing space, picked by blake2b over
+    (digest of key, attempt, index): stable across processes, unlike the salted `hash()`,
+    and different per attempt so a retried request gets a visibly different reply.
+    """
+    key_digest = blake2b(key.encode()).digest()
+    size = len(VOCABULARY)
+    tokens = []
+    for index in range(count):
+        digest = blake2b(b"%s%d:%d" % (key_digest, attempt, index), digest_size=8).digest()
+        tokens.append(VOCABULARY[int.from_bytes(digest) % size] + " ")
+    return tokens

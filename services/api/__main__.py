@@ -1,0 +1,38 @@
+"""`python -m services.api`: HTTP and WebSocket on API_HOST:API_PORT."""
+
+import logging
+
+import uvicorn
+import uvloop
+
+from services.api.app import create_app
+from services.api.connections import Connections
+from shared.settings import Settings, get_settings
+from shared.startup import run_service
+
+
+async def serve(settings: Settings) -> None:
+    connections = await Connections.open(settings)
+    config = uvicorn.Config(
+        create_app(connections),
+        host=settings.api_host,
+        port=settings.api_port,
+        http="httptools",
+        ws="websockets",
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        access_log=False,
+        log_level="info",
+    )
+    await uvicorn.Server(config).serve()
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvloop.run(serve(get_settings()))
+
+
+if __name__ == "__main__":
+    run_service("api", main)

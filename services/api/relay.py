@@ -1,0 +1,298 @@
+"""Relay of live events from the fanout exchange to this instance's WebSocket subscribers.
+
+One listener task reads the fanout and feeds bounded per-subscriber queues (the shape of
+encode/broadcaster). Because MongoDB is written only every few hundred milliseconds, the relay
+also keeps the live tail of every reply in flight: a new subscriber's snapshot is MongoDB's
+state brought up to date from that tail, and the events queued before the snapshot was taken
+are filtered by version, so the stream continues from the snapshot with no gap and no
+duplicate. A gap in the fanout (a lost delta, a missed start, a broker outage) is repaired from
+MongoDB with a `message.updated` instead of being shown to clients.
+"""
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractQueue
+from pydantic import ValidationError
+
+from shared.events import COMPLETED, DELTA, FAILED, SNAPSHOT, UPDATED, decode_batch
+from shared.schemas import Message
+from shared.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+Version = tuple[int, int, int]
+"""(attempt, seq, status rank): rises with every change a client must see, retries included."""
+
+RANK = {"created": 0, "streaming": 1, "completed": 2, "failed": 2}
+FINISHED_EVENT = {"completed": COMPLETED, "failed": FAILED}
+DELTA_FIELDS = ("type", "conversationId", "messageId", "seq", "delta")
+RETAIN_FINISHED_SECONDS = 60.0
+REPAIR_POLL_SECONDS = (0.05, 1.0)
+REPAIR_GIVE_UP_SECONDS = 600.0
+
+
+def version_of(message: dict[str, Any]) -> Version:
+    return (message.get("attempt", 0), message["seq"], RANK[message["status"]])
+
+
+def frame(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()
+
+
+class SlowSubscriber(Exception):
+    """The client fell too far behind; it should reconnect for a fresh snapshot."""
+
+
+class Tail:
+    """This instance's latest state of one reply, kept current by deltas.
+
+    `gap` holds deltas that arrived after a missing one; they wait for a repair from MongoDB.
+    """
+
+    __slots__ = ("finished_at", "gap", "message", "parts", "repairing")
+
+    def __init__(self, message: dict[str, Any]) -> None:
+        self.message = message
+        self.parts: list[str] = [message["message"]]
+        self.gap: list[dict[str, Any]] = []
+        self.repairing = False
+        self.finished_at: float | None = None
+
+    @property
+    def version(self) -> Version:
+        return version_of(self.message)
+
+    def state(self) -> dict[str, Any]:
+        if len(self.parts) > 1:
+            self.parts = ["".join(self.parts)]
+        self.message["message"] = self.parts[0]
+        return self.message
+
+    def extend(self, delta: dict[str, Any]) -> bool:
+        """Apply the next delta; False if it does not follow on."""
+        message = self.message
+        if delta["attempt"] != message["attempt"] or delta["seq"] != message["seq"] + 1:
+            return False
+        self.parts.append(delta["delta"])
+        message["seq"] = delta["seq"]
+        return True
+
+    def is_ahead(self, delta: dict[str, Any]) -> bool:
+        return (delta["attempt"], delta["seq"]) > (self.message["attempt"], self.message["seq"])
+
+
+class Subscription:
+    def __init__(self, hub: "Hub", conversation_id: str, capacity: int) -> None:
+        self.hub = hub
+        self.conversation_id = conversation_id
+        self.queue: asyncio.Queue[tuple[str, Version, str]] = asyncio.Queue(capacity)
+        self.floor: dict[str, Version] = {}
+        self.overflowed = False
+
+    def push(self, message_id: str, version: Version, text: str) -> None:
+        try:
+            self.queue.put_nowait((message_id, version, text))
+        except asyncio.QueueFull:
+            self.overflowed = True
+
+    async def snapshot(self) -> str:
+        """The conversation as stored, brought up to the live tail; sets the filter floor."""
+        stored = await self.hub.store.list_messages(self.conversation_id)
+        messages = []
+        for message in stored:
+            state = message.to_wire()
+            tail = self.hub.tails.get(message.id)
+            if tail is not None and tail.version > version_of(state):
+                state = tail.state()
+            self.floor[message.id] = version_of(state)
+            messages.append(state)
+        return frame(
+            {"type": SNAPSHOT, "conversationId": self.conversation_id, "messages": messages}
+        )
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            if self.overflowed:
+                raise SlowSubscriber(f"fell more than {self.queue.maxsize} events behind")
+            message_id, version, text = await self.queue.get()
+            floor = self.floor.get(message_id)
+            if floor is None or version > floor:
+                return text
+
+
+class Hub:
+    def __init__(self, store: MessageStore, capacity: int) -> None:
+        self.store = store
+        self.capacity = capacity
+        self.tails: dict[str, Tail] = {}
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
+        self._finished: deque[tuple[float, str]] = deque()
+        self._repairs: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, conversation_id: str) -> AsyncIterator[Subscription]:
+        """Registered before the snapshot is read, so nothing falls between the two."""
+        subscription = Subscription(self, conversation_id, self.capacity)
+        subscribers = self._subscribers[conversation_id]
+        subscribers.add(subscription)
+        try:
+            yield subscription
+        finally:
+            subscribers.discard(subscription)
+            if not subscribers:
+                del self._subscribers[conversation_id]
+
+    @property
+    def subscriber_count(self) -> int:
+        return sum(len(subscribers) for subscribers in self._subscribers.values())
+
+    async def listen(self, queue: AbstractQueue) -> None:
+        async with queue.iterator(no_ack=True) as deliveries:
+            async for delivery in deliveries:
+                try:
+                    events = decode_batch(delivery.body)
+                except ValueError as error:
+                    log.error("dropping an undecodable event batch: %s", error)
+                    continue
+                for event in events:
+                    self.receive(event)
+                self._expire_finished()
+
+    def receive(self, event: dict[str, Any]) -> None:
+        try:
+            if event["type"] == DELTA:
+                self._receive_delta(event)
+            else:
+                message = Message.model_validate(event["message"]).to_wire()
+                self._receive_message(event["type"], message)
+        except (KeyError, TypeError, ValueError, ValidationError) as error:
+            log.error("dropping a malformed event: %s", error)
+
+    def _receive_delta(self, delta: dict[str, Any]) -> None:
+        tail = self.tails.get(delta["messageId"])
+        if tail is None:
+            tail = self._placeholder(delta)
+        if tail.gap or not tail.extend(delta):
+            if tail.is_ahead(delta):
+                tail.gap.append(delta)
+                self._repair_soon(tail)
+            return
+        event = {field: delta[field] for field in DELTA_FIELDS}
+        self._send(tail.message, tail.version, event)
+
+    def _receive_message(self, kind: str, message: dict[str, Any]) -> None:
+        if message["from"] == "user":
+            self._send(message, version_of(message), {"type": kind, "message": message})
+            return
+        tail = self.tails.get(message["id"])
+        if tail is None or version_of(message) > tail.version:
+            self._adopt(message, kind)
+
+    def _adopt(self, message: dict[str, Any], kind: str) -> None:
+        """Make `message` the reply's state, tell clients, then apply buffered deltas that follow."""
+        previous = self.tails.get(message["id"])
+        tail = self.tails[message["id"]] = Tail(message)
+        self._send(message, tail.version, {"type": kind, "message": message})
+        if previous is not None:
+            tail.repairing = previous.repairing
+            tail.gap = [delta for delta in previous.gap if tail.is_ahead(delta)]
+            extended = False
+            while tail.gap and tail.extend(tail.gap[0]):
+                del tail.gap[0]
+                extended = True
+            if extended:
+                self._send(message, tail.version, {"type": UPDATED, "message": tail.state()})
+            if tail.gap:
+                self._repair_soon(tail)
+        if message["status"] in FINISHED_EVENT:
+            tail.finished_at = time.monotonic()
+            self._finished.append((tail.finished_at, message["id"]))
+
+    def _send(self, message: dict[str, Any], version: Version, event: dict[str, Any]) -> None:
+        subscribers = self._subscribers.get(message["conversationId"])
+        if subscribers:
+            text = frame(event)
+            for subscription in subscribers:
+                subscription.push(message["id"], version, text)
+
+    def _placeholder(self, delta: dict[str, Any]) -> Tail:
+        """A reply first seen mid-stream; it takes its real state from MongoDB."""
+        tail = self.tails[delta["messageId"]] = Tail(
+            {
+                "id": delta["messageId"],
+                "conversationId": delta["conversationId"],
+                "from": "assistant",
+                "message": "",
+                "status": "created",
+                "timestamp": "",
+                "seq": 0,
+                "attempt": 0,
+            }
+        )
+        return tail
+
+    def _repair_soon(self, tail: Tail) -> None:
+        if not tail.repairing:
+            tail.repairing = True
+            message = tail.message
+            task = asyncio.create_task(self._repair(message["conversationId"], message["id"]))
+            self._repairs.add(task)
+            task.add_done_callback(self._repairs.discard)
+
+    async def _repair(self, conversation_id: str, message_id: str) -> None:
+        """Adopt MongoDB's state of a reply once it is ahead of ours, until no gap is left."""
+        delay, longest = REPAIR_POLL_SECONDS
+        deadline = time.monotonic() + REPAIR_GIVE_UP_SECONDS
+        while True:
+            try:
+                stored = await self.store.get_message(conversation_id, message_id)
+            except Exception as error:
+                log.warning("repairing reply %s from MongoDB failed: %s", message_id, error)
+                stored = None
+            tail = self.tails.get(message_id)
+            if tail is None:
+                return
+            if stored is not None:
+                state = stored.to_wire()
+                if version_of(state) > tail.version:
+                    self._adopt(state, FINISHED_EVENT.get(state["status"], UPDATED))
+                    tail = self.tails[message_id]
+            if not tail.gap:
+                tail.repairing = False
+                return
+            if time.monotonic() > deadline:
+                log.error(
+                    "giving up repairing reply %s; its clients keep what they have", message_id
+                )
+                del self.tails[message_id]
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, longest)
+
+    def resynchronise(self) -> None:
+        """After a broker reconnection: catch up on replies that moved on while we were away."""
+        for tail in list(self.tails.values()):
+            if tail.finished_at is None:
+                self._repair_soon(tail)
+
+    def _expire_finished(self) -> None:
+        horizon = time.monotonic() - RETAIN_FINISHED_SECONDS
+        while self._finished and self._finished[0][0] < horizon:
+            _, message_id = self._finished.popleft()
+            tail = self.tails.get(message_id)
+            if tail is not None and tail.finished_at is not None and tail.finished_at < horizon:
+                del self.tails[message_id]
+
+    async def close(self) -> None:
+        for task in list(self._repairs):
+            task.cancel()

@@ -1,0 +1,1 @@
+"""The responder: turns `chat-message` jobs into streamed, stored assistant replies."""

@@ -1,0 +1,87 @@
+"""The model: context building and the streaming chat-completions call."""
+
+from collections.abc import AsyncIterator, Sequence
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletionMessageParam
+
+from shared.schemas import Message, Status
+from shared.settings import Settings
+from shared.startup import DependencyUnavailable
+
+UNUSED_KEY = "unused"
+
+
+class ModelError(Exception):
+    """The upstream failed: the reply ends `failed` with this text as its error."""
+
+
+def build_context(
+    history: Sequence[Message], system_prompt: str
+) -> list[ChatCompletionMessageParam]:
+    """The conversation as the model sees it: finished turns, oldest first.
+
+    Replies that failed or were never written add nothing the model should continue from.
+    """
+    context: list[ChatCompletionMessageParam] = []
+    if system_prompt:
+        context.append({"role": "system", "content": system_prompt})
+    for message in history:
+        if message.sender == "user":
+            context.append({"role": "user", "content": message.message})
+        elif message.status == Status.COMPLETED and message.message:
+            context.append({"role": "assistant", "content": message.message})
+    return context
+
+
+class ChatModel:
+    def __init__(self, settings: Settings) -> None:
+        if settings.openai_api_key is None and settings.openai_base_url is None:
+            raise DependencyUnavailable(
+                "OPENAI_API_KEY",
+                "",
+                "not set: set it, or point OPENAI_BASE_URL at an OpenAI-compatible server",
+            )
+        self.model = settings.openai_model
+        self.client = openai.AsyncOpenAI(
+            api_key=settings.openai_api_key or UNUSED_KEY,
+            base_url=settings.openai_base_url,
+            timeout=settings.openai_timeout_seconds,
+            max_retries=2,
+        )
+
+    async def check(self, timeout: float) -> None:
+        """Fail at start-up, not on the first user message, when the model API is unusable."""
+        try:
+            await self.client.with_options(timeout=timeout, max_retries=0).models.list()
+        except openai.AuthenticationError as error:
+            raise DependencyUnavailable("OPENAI_API_KEY", "", error.message) from error
+        except openai.APIError as error:
+            raise DependencyUnavailable(
+                "OPENAI_BASE_URL", str(self.client.base_url), error
+            ) from error
+
+    async def stream(self, context: list[ChatCompletionMessageParam]) -> AsyncIterator[str]:
+        """Yield the reply's text as it arrives; any upstream failure becomes a ModelError."""
+        try:
+            stream = await self.client.chat.completions.create(
+                model=self.model, messages=context, stream=True
+            )
+            async with stream:
+                async for chunk in stream:
+                    if chunk.choices and (text := chunk.choices[0].delta.content):
+                        yield text
+        except (openai.OpenAIError, httpx.HTTPError) as error:
+            raise ModelError(describe(error)) from error
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, openai.APIStatusError):
+        return f"model API answered {error.status_code}: {error.message}"
+    if isinstance(error, openai.APITimeoutError | httpx.TimeoutException):
+        return "model API timed out"
+    return f"model API failed: {type(error).__name__}: {error}".rstrip(": ")

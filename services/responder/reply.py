@@ -1,0 +1,43 @@
+"""A reply being written: tokens gather until the publisher seals them into the next delta."""
+
+from shared.events import DeltaEvent, delta_event
+from shared.schemas import Message
+from shared.store import Progress
+
+
+class Reply:
+    """`seq` counts sealed deltas, so the stored (text, seq) always agrees with the stream."""
+
+    __slots__ = ("_open", "_sealed", "message", "seq")
+
+    def __init__(self, message: Message) -> None:
+        self.message = message
+        self.seq = 0
+        self._sealed: list[str] = []
+        self._open: list[str] = []
+
+    @property
+    def id(self) -> str:
+        return self.message.id
+
+    @property
+    def attempt(self) -> int:
+        return self.message.attempt
+
+    def append(self, token: str) -> None:
+        self._open.append(token)
+
+    def seal(self) -> DeltaEvent | None:
+        """Turn the tokens gathered since the last delta into the next one."""
+        if not self._open:
+            return None
+        text = "".join(self._open)
+        self._open.clear()
+        self._sealed.append(text)
+        self.seq += 1
+        return delta_event(self.message.conversation_id, self.id, self.attempt, self.seq, text)
+
+    def progress(self) -> Progress:
+        if len(self._sealed) > 1:
+            self._sealed = ["".join(self._sealed)]
+        return Progress(self.id, self.attempt, "".join(self._sealed), self.seq)

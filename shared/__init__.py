@@ -1,0 +1,1 @@
+"""Code both services use: settings, message schemas, broker topology, storage."""

@@ -1,0 +1,72 @@
+"""Live events: the WebSocket frames of the contract, carried in batches on the fanout exchange.
+
+Deltas are the per-token hot path, so they travel as plain dicts encoded with orjson; whole
+messages inside the other events are validated with `Message` when they are received.
+"""
+
+from typing import Any, Literal, TypedDict
+
+import orjson
+
+from shared.schemas import Message
+
+SNAPSHOT = "snapshot"
+CREATED = "message.created"
+DELTA = "message.delta"
+UPDATED = "message.updated"
+COMPLETED = "message.completed"
+FAILED = "message.failed"
+MESSAGE_EVENTS = frozenset({CREATED, UPDATED, COMPLETED, FAILED})
+
+MessageEventType = Literal[
+    "message.created", "message.updated", "message.completed", "message.failed"
+]
+
+
+class DeltaEvent(TypedDict):
+    type: Literal["message.delta"]
+    conversationId: str
+    messageId: str
+    seq: int
+    delta: str
+    attempt: int
+
+
+class MessageEvent(TypedDict):
+    type: MessageEventType
+    message: dict[str, Any]
+
+
+Event = DeltaEvent | MessageEvent
+
+
+def delta_event(
+    conversation_id: str, message_id: str, attempt: int, seq: int, text: str
+) -> DeltaEvent:
+    return {
+        "type": DELTA,
+        "conversationId": conversation_id,
+        "messageId": message_id,
+        "seq": seq,
+        "delta": text,
+        "attempt": attempt,
+    }
+
+
+def message_event(kind: MessageEventType, message: Message) -> MessageEvent:
+    return {"type": kind, "message": message.to_wire()}
+
+
+def finished_event(message: Message) -> MessageEvent:
+    return message_event(COMPLETED if message.status == "completed" else FAILED, message)
+
+
+def encode_batch(events: list[Event]) -> bytes:
+    return orjson.dumps(events)
+
+
+def decode_batch(body: bytes) -> list[dict[str, Any]]:
+    events = orjson.loads(body)
+    if not isinstance(events, list):
+        raise ValueError("an event batch must be a JSON array")
+    return events

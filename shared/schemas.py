@@ -1,0 +1,82 @@
+"""Message and request shapes of the wire contract, validated where data enters from outside."""
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+ConversationId = Annotated[
+    str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")
+]
+
+
+class Status(StrEnum):
+    CREATED = "created"
+    STREAMING = "streaming"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+FINISHED = frozenset({Status.COMPLETED, Status.FAILED})
+
+
+def utc_timestamp() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class WireModel(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class Message(WireModel):
+    id: str
+    conversation_id: str = Field(alias="conversationId")
+    sender: Literal["user", "assistant"] = Field(alias="from")
+    message: str
+    status: Status
+    timestamp: str
+    seq: int = Field(ge=0)
+    attempt: int = Field(0, ge=0, description="How many times the reply was started (0: not yet).")
+    error: str | None = Field(None, exclude_if=lambda error: error is None)
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> "Message":
+        return cls.model_validate({**document, "id": document["_id"]})
+
+    def to_wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be only whitespace")
+    return text
+
+
+class ChatRequest(WireModel):
+    message: Annotated[
+        str, StringConstraints(min_length=1, max_length=32_000), AfterValidator(_not_blank)
+    ]
+    conversation_id: ConversationId | None = Field(None, alias="conversationId")
+
+
+class ChatAccepted(WireModel):
+    conversation_id: str = Field(alias="conversationId")
+    user_message_id: str = Field(alias="userMessageId")
+    message_id: str = Field(alias="messageId")
+    message: str = "Message received, AI is responding..."
+    status: Literal["streaming"] = "streaming"
+
+
+class ConversationMessages(WireModel):
+    conversation_id: str = Field(alias="conversationId")
+    messages: list[Message]
+
+
+class ChatJob(WireModel):
+    """Body of a `chat-message`: which assistant message to write, in which conversation."""
+
+    conversation_id: str = Field(alias="conversationId")
+    user_message_id: str = Field(alias="userMessageId")
+    message_id: str = Field(alias="messageId")

@@ -1,0 +1,253 @@
+"""mock_openai driven by the real `openai` client against a real subprocess, as its users do."""
+
+import asyncio
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import pytest_asyncio
+
+from mock_openai.directives import DirectiveError, Directives, parse_directives
+from mock_openai.script import VOCABULARY, reply_tokens
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_TOKENS = 8
+STARTUP_DEADLINE_S = 15.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_healthy(process: subprocess.Popen[str], base: str) -> None:
+    deadline = time.monotonic() + STARTUP_DEADLINE_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"mock_openai exited early with {process.returncode}")
+        try:
+            if httpx.get(f"{base}/healthz", timeout=0.5).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    pytest.fail("mock_openai did not become healthy in time")
+
+
+@pytest.fixture(scope="module")
+def mock_process() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = _free_port()
+    command = [sys.executable, "-m", "mock_openai", "--port", str(port)]
+    command += ["--tokens", str(DEFAULT_TOKENS), "--delay-ms", "1"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(process, base)
+        yield process, base
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+@pytest.fixture
+def base(mock_process: tuple[subprocess.Popen[str], str]) -> str:
+    return mock_process[1]
+
+
+@pytest_asyncio.fixture
+async def client(base: str) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=f"{base}/v1", api_key="x", max_retries=0, timeout=5.0
+    ) as client:
+        yield client
+
+
+def _prompt(directive: str = "") -> str:
+    """A unique prompt, so attempts and log filters never see other tests' requests."""
+    return f"question {uuid.uuid4().hex} {directive}".strip()
+
+
+def _messages(prompt: str) -> list[Any]:
+    return [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": prompt},
+    ]
+
+
+async def _stream_text(client: openai.AsyncOpenAI, prompt: str, into: list[str]) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=_messages(prompt), stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            into.append(chunk.choices[0].delta.content)
+
+
+def test_announces_base_url(mock_process: tuple[subprocess.Popen[str], str]) -> None:
+    process, base = mock_process
+    assert process.stdout is not None
+    assert process.stdout.readline().strip() == f"mock_openai listening on {base}/v1"
+
+
+def test_reply_tokens_is_deterministic_per_attempt() -> None:
+    first = reply_tokens("hello", 0, 20)
+    assert first == reply_tokens("hello", 0, 20)
+    assert first[:5] == reply_tokens("hello", 0, 5)
+    assert first != reply_tokens("hello", 1, 20)
+    assert all(token.endswith(" ") and token[:-1] in VOCABULARY for token in first)
+
+
+def test_directives_override_defaults_and_reject_typos() -> None:
+    defaults = Directives(tokens=40, delay_ms=20)
+    parsed = parse_directives("hi [mock tokens=5 delay_ms=0 hang_after=2] there", defaults)
+    assert (parsed.tokens, parsed.delay_ms, parsed.hang_after) == (5, 0.0, 2)
+    assert (parsed.sent_tokens, parsed.ending) == (2, "hang")
+    assert parse_directives("no directive", defaults) == defaults
+    for bad in (
+        "[mock tokenz=5]",
+        "[mock tokens=x]",
+        "[mock status=200]",
+        "[mock fail_after=1 hang_after=1]",
+    ):
+        with pytest.raises(DirectiveError):
+            parse_directives(bad, defaults)
+
+
+@pytest.mark.asyncio
+async def test_stream_matches_reply_tokens(client: openai.AsyncOpenAI) -> None:
+    prompt = _prompt()
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=_messages(prompt), stream=True
+    )
+    chunks = [chunk async for chunk in stream]
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert {chunk.model for chunk in chunks} == {"gpt-test"}
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text == "".join(reply_tokens(prompt, 0, DEFAULT_TOKENS))
+
+
+@pytest.mark.asyncio
+async def test_identical_request_is_next_attempt(client: openai.AsyncOpenAI, base: str) -> None:
+    prompt = _prompt()
+    first: list[str] = []
+    second: list[str] = []
+    await _stream_text(client, prompt, first)
+    await _stream_text(client, prompt, second)
+    assert first == reply_tokens(prompt, 0, DEFAULT_TOKENS)
+    assert second == reply_tokens(prompt, 1, DEFAULT_TOKENS)
+    assert first != second
+    async with httpx.AsyncClient() as http:
+        logged = (await http.get(f"{base}/_mock/requests", params={"contains": prompt})).json()
+    assert [entry["attempt"] for entry in logged] == [0, 1]
+    assert all(entry["messages"] == _messages(prompt) for entry in logged)
+    assert all(entry["model"] == "gpt-test" for entry in logged)
+
+
+@pytest.mark.asyncio
+async def test_tokens_directive(client: openai.AsyncOpenAI) -> None:
+    prompt = _prompt("[mock tokens=3 delay_ms=0]")
+    received: list[str] = []
+    await _stream_text(client, prompt, received)
+    assert received == reply_tokens(prompt, 0, 3)
+
+
+@pytest.mark.asyncio
+async def test_fail_after_breaks_the_stream(client: openai.AsyncOpenAI) -> None:
+    prompt = _prompt("[mock tokens=10 fail_after=3 delay_ms=0]")
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        await _stream_text(client, prompt, received)
+    assert received == reply_tokens(prompt, 0, 3)
+
+
+@pytest.mark.asyncio
+async def test_status_directive(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.APIStatusError) as raised:
+        await _stream_text(client, _prompt("[mock status=500]"), [])
+    assert raised.value.status_code == 500
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["type"] == "mock_error"
+
+
+@pytest.mark.asyncio
+async def test_bad_directive_is_a_400(client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.BadRequestError):
+        await _stream_text(client, _prompt("[mock tokenz=3]"), [])
+
+
+@pytest.mark.asyncio
+async def test_hang_after_times_out_the_client(client: openai.AsyncOpenAI) -> None:
+    prompt = _prompt("[mock hang_after=2 delay_ms=0]")
+    received: list[str] = []
+    with pytest.raises(openai.APITimeoutError):
+        await _stream_text(client.with_options(timeout=0.5), prompt, received)
+    assert received == reply_tokens(prompt, 0, 2)
+
+
+@pytest.mark.asyncio
+async def test_emissions_time_each_token(client: openai.AsyncOpenAI, base: str) -> None:
+    prompt = _prompt("[mock tokens=6 delay_ms=20]")
+    await _stream_text(client, prompt, [])
+    async with httpx.AsyncClient() as http:
+        records = (await http.get(f"{base}/_mock/emissions", params={"contains": prompt})).json()
+    [record] = records
+    assert (record["key"], record["attempt"]) == (prompt, 0)
+    assert record["tokens"] == reply_tokens(prompt, 0, 6)
+    emitted = record["emitted"]
+    assert len(emitted) == 6
+    assert emitted == sorted(emitted)
+    assert emitted[-1] - emitted[0] >= 5 * 0.020 - 0.005
+
+
+@pytest.mark.asyncio
+async def test_disconnect_stops_the_stream(client: openai.AsyncOpenAI, base: str) -> None:
+    prompt = _prompt("[mock tokens=1000 delay_ms=5]")
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=_messages(prompt), stream=True
+    )
+    async for chunk in stream:
+        if chunk.choices[0].delta.content:
+            break
+    await stream.close()
+    counts = []
+    async with httpx.AsyncClient() as http:
+        for _ in range(2):
+            await asyncio.sleep(0.2)
+            response = await http.get(f"{base}/_mock/emissions", params={"contains": prompt})
+            counts.append(len(response.json()[0]["emitted"]))
+    assert counts[0] == counts[1] < 1000
+
+
+@pytest.mark.asyncio
+async def test_non_streaming_completion(client: openai.AsyncOpenAI) -> None:
+    prompt = _prompt()
+    completion = await client.chat.completions.create(model="gpt-test", messages=_messages(prompt))
+    assert completion.choices[0].message.content == "".join(reply_tokens(prompt, 0, DEFAULT_TOKENS))
+    assert completion.usage is not None
+    assert completion.usage.completion_tokens == DEFAULT_TOKENS
+
+
+@pytest.mark.asyncio
+async def test_models_and_reset(client: openai.AsyncOpenAI, base: str) -> None:
+    models = await client.models.list()
+    assert [model.id for model in models.data] == ["mock-model"]
+    prompt = _prompt("[mock tokens=1 delay_ms=0]")
+    await _stream_text(client, prompt, [])
+    async with httpx.AsyncClient() as http:
+        assert (await http.delete(f"{base}/_mock/requests")).is_success
+        assert (await http.get(f"{base}/_mock/requests")).json() == []
+        assert (await http.get(f"{base}/_mock/emissions")).json() == []
+    received: list[str] = []
+    await _stream_text(client, prompt, received)
+    assert received == reply_tokens(prompt, 0, 1)
