@@ -18,7 +18,7 @@ async def serve(settings: Settings) -> None:
         host=settings.api_host,
         port=settings.api_port,
         http="httptools",
-        ws="websockets",
+        ws="websockets-sansio",
         ws_ping_interval=20.0,
         ws_ping_timeout=20.0,
         access_log=False,

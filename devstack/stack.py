@@ -1,0 +1,132 @@
+"""Start the whole system locally: MongoDB (or SecantusDB), the mock model, API and responder."""
+
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from pymongo import MongoClient
+from pymongo.errors import PyMongoError
+
+from devstack.processes import (
+    Process,
+    child_env,
+    free_port,
+    http_ok,
+    port_open,
+    python_module,
+)
+
+SECANTUS = "secantusd-py"
+
+
+def mongo_reachable(url: str, timeout: float = 1.0) -> bool:
+    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000))
+    try:
+        client.admin.command("ping")
+        return True
+    except PyMongoError:
+        return False
+    finally:
+        client.close()
+
+
+def start_secantus(
+    log_dir: Path, storage: str = ":memory:", port: int | None = None
+) -> tuple[Process, str]:
+    """An embedded MongoDB-wire server as its own process; returns it and its URL."""
+    port = port or free_port()
+    executable = shutil.which(SECANTUS) or str(Path(sys.executable).parent / SECANTUS)
+    process = Process(
+        "secantus",
+        [executable, "--host", "127.0.0.1", "--port", str(port), "--storage-path", storage],
+        child_env(),
+        log_dir,
+    ).start()
+    process.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
+    return process, f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+
+def start_mock_model(
+    log_dir: Path, tokens: int = 40, delay_ms: float = 20, name: str = "mock-model"
+) -> tuple[Process, str]:
+    port = free_port()
+    process = Process(
+        name,
+        python_module(
+            "mock_openai", "--port", str(port), "--tokens", str(tokens), "--delay-ms", str(delay_ms)
+        ),
+        child_env(),
+        log_dir,
+    ).start()
+    process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    return process, f"http://127.0.0.1:{port}/v1"
+
+
+@dataclass
+class Stack:
+    """Environment for the services, and the processes this stack started."""
+
+    env: dict[str, str]
+    log_dir: Path
+    processes: list[Process] = field(default_factory=list)
+
+    def start_api(
+        self, port: int | None = None, name: str | None = None, **overrides: str
+    ) -> tuple[Process, str]:
+        port = port or free_port()
+        name = name or f"api-{port}"
+        env = child_env(**self.env, API_HOST="127.0.0.1", API_PORT=str(port), **overrides)
+        process = Process(name, python_module("services.api"), env, self.log_dir).start()
+        self.processes.append(process)
+        url = f"http://127.0.0.1:{port}"
+        process.wait_ready(lambda: http_ok(f"{url}/readyz"), timeout=30)
+        return process, url
+
+    def start_responder(self, name: str | None = None, **overrides: str) -> Process:
+        name = name or f"responder-{len(self.processes)}"
+        env = child_env(**self.env, **overrides)
+        process = Process(name, python_module("services.responder"), env, self.log_dir).start()
+        self.processes.append(process)
+        process.wait_ready(
+            lambda: "consuming" in process.log_path.read_text(errors="replace"), timeout=30
+        )
+        return process
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            process.stop()
+
+
+def with_vhost(url: str, vhost: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{vhost}"))
+
+
+class Vhost:
+    """A throwaway RabbitMQ virtual host, so a run never sees another run's messages."""
+
+    def __init__(self, prefix: str = "chat-test") -> None:
+        self.name = f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+    @staticmethod
+    def available() -> bool:
+        return shutil.which("rabbitmqctl") is not None
+
+    def create(self, user: str = "guest") -> None:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "add_vhost", self.name], check=True, capture_output=True
+        )
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", self.name, user, ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+
+    def delete(self) -> None:
+        subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", self.name], check=False, capture_output=True
+        )
