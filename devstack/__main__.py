@@ -35,7 +35,8 @@ def main() -> None:
     host, port = _host_port(rabbit, 5672)
     if not port_open(host, port):
         sys.exit(
-            f"devstack: error: no RabbitMQ at RABBITMQ_URL={redact(rabbit)}; start it or set RABBITMQ_URL"
+            f"devstack: error: no RabbitMQ at RABBITMQ_URL={redact(rabbit)}; "
+            "start it or set RABBITMQ_URL"
         )
 
     if settings.openai_api_key is None and settings.openai_base_url is None:

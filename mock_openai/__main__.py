@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> None:
         http="httptools",
         log_level="warning",
         access_log=False,
+        timeout_graceful_shutdown=1,  # hung streams must not keep a stopped mock alive
     )
     logging.getLogger("uvicorn.error").addFilter(drop_abort_logs)
     _AnnouncingServer(config).run()

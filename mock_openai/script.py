@@ -12,6 +12,7 @@ VOCABULARY: tuple[str, ...] = (
     "eagle", "flame", "grove", "haven", "index", "jewel", "kiosk", "lunar",
     "mirth", "nylon", "orbit", "prism", "quota", "ridge", "solar", "torch",
 )  # fmt: skip
+_TOKENS = tuple(word + " " for word in VOCABULARY)  # shared strings: the logs keep every token
 
 
 def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
@@ -22,9 +23,8 @@ def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
     and different per attempt so a retried request gets a visibly different reply.
     """
     key_digest = blake2b(key.encode()).digest()
-    size = len(VOCABULARY)
     tokens = []
     for index in range(count):
         digest = blake2b(b"%s%d:%d" % (key_digest, attempt, index), digest_size=8).digest()
-        tokens.append(VOCABULARY[int.from_bytes(digest) % size] + " ")
+        tokens.append(_TOKENS[int.from_bytes(digest) % len(_TOKENS)])
     return tokens

@@ -20,8 +20,12 @@ class StreamAbortError(Exception):
 
 
 def drop_abort_logs(record: logging.LogRecord) -> bool:
-    """Log filter for uvicorn's error logger: a scripted abort is not a server error."""
-    return not (record.exc_info and isinstance(record.exc_info[1], StreamAbortError))
+    """Log filter for uvicorn's error logger: a scripted abort is not a server error.
+
+    Neither is a hung stream that uvicorn cancels at shutdown.
+    """
+    exc = record.exc_info[1] if record.exc_info else None
+    return not isinstance(exc, StreamAbortError | asyncio.CancelledError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,13 +11,14 @@ from aio_pika.abc import (
     DeliveryMode,
 )
 
-from shared.schemas import ChatJob
+from shared.schemas import ChatJob, StopRequest
 from shared.startup import DependencyUnavailable
 
 CHAT_QUEUE = "chat-message"
 DEAD_LETTER_EXCHANGE = "chat-message.dead-letter"
 DEAD_LETTER_QUEUE = "chat-message.dead"
 EVENTS_EXCHANGE = "chat-events"
+CONTROL_EXCHANGE = "chat-control"
 
 
 async def connect(url: str, timeout: float) -> AbstractRobustConnection:
@@ -43,6 +44,20 @@ async def declare_chat_queue(channel: AbstractChannel) -> AbstractQueue:
 async def declare_events_exchange(channel: AbstractChannel) -> AbstractExchange:
     return await channel.declare_exchange(
         EVENTS_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+
+
+async def declare_control_exchange(channel: AbstractChannel) -> AbstractExchange:
+    """Every responder hears every control message; the one writing the reply acts on it."""
+    return await channel.declare_exchange(
+        CONTROL_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+    )
+
+
+async def publish_stop(exchange: AbstractExchange, request: StopRequest) -> None:
+    await exchange.publish(
+        aio_pika.Message(request.model_dump_json().encode(), content_type="application/json"),
+        routing_key="",
     )
 
 

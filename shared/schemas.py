@@ -39,6 +39,7 @@ class Message(WireModel):
     seq: int = Field(ge=0)
     attempt: int = Field(0, ge=0, description="How many times the reply was started (0: not yet).")
     error: str | None = Field(None, exclude_if=lambda error: error is None)
+    stopped: bool = Field(False, description="Ended early by a stop request; the text is kept.")
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "Message":
@@ -79,4 +80,11 @@ class ChatJob(WireModel):
 
     conversation_id: str = Field(alias="conversationId")
     user_message_id: str = Field(alias="userMessageId")
+    message_id: str = Field(alias="messageId")
+
+
+class StopRequest(WireModel):
+    """Body of a control message: stop writing this reply, wherever it is being written."""
+
+    conversation_id: str = Field(alias="conversationId")
     message_id: str = Field(alias="messageId")

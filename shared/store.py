@@ -1,13 +1,19 @@
-"""MongoDB storage of conversations and messages, through PyMongo's native asyncio API."""
+"""MongoDB storage of conversations and messages, through PyMongo's native asyncio API.
+
+Replies carry a lease: the responder writing one renews it, so a reply whose responder
+vanished can be taken over (by a redelivered job) or, if nobody does, ended as failed.
+"""
 
 import asyncio
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
+from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from shared.schemas import Message, Status, utc_timestamp
 from shared.startup import DependencyUnavailable
@@ -20,6 +26,10 @@ def new_id() -> str:
     return str(ObjectId())
 
 
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass(slots=True)
 class Progress:
     """A reply's text so far, as the responder hands it to the periodic writer."""
@@ -28,6 +38,14 @@ class Progress:
     attempt: int
     text: str
     seq: int
+
+
+@dataclass(slots=True)
+class Turn:
+    """A user message and the reply it asks for, stored together."""
+
+    user: Message
+    reply: Message
 
 
 async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
@@ -50,13 +68,26 @@ class MessageStore:
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index([("conversationId", ASCENDING), ("order", ASCENDING)])
+        await self.messages.create_index(
+            "idempotencyKey",
+            unique=True,
+            partialFilterExpression={"idempotencyKey": {"$exists": True}},
+        )
+        await self.messages.create_index([("status", ASCENDING), ("leaseUntil", ASCENDING)])
+        await self.messages.create_index([("published", ASCENDING), ("createdAt", ASCENDING)])
 
     async def ping(self) -> None:
         await self.database.command("ping")
 
-    async def open_turn(self, conversation_id: str, text: str) -> tuple[Message, Message]:
-        """Store the user's message and the assistant's placeholder, next in the conversation."""
-        order = await self._reserve_orders(conversation_id, 2)
+    async def open_turn(
+        self, conversation_id: str, text: str, idempotency_key: str | None = None
+    ) -> Turn:
+        """Store the user's message and the reply's placeholder, both or neither.
+
+        The placeholder stays `published: false` until its job is confirmed by the broker, so
+        the outbox can publish it later if the broker is away now. A reused idempotency key
+        raises DuplicateKeyError; `find_turn` then gives the first turn.
+        """
         timestamp = utc_timestamp()
         user = Message(
             id=new_id(),
@@ -67,37 +98,66 @@ class MessageStore:
             timestamp=timestamp,
             seq=0,
         )
-        reply = Message(
-            id=new_id(),
-            conversationId=conversation_id,
-            sender="assistant",
-            message="",
-            status=Status.CREATED,
-            timestamp=timestamp,
-            seq=0,
+        reply = user.model_copy(
+            update={"id": new_id(), "sender": "assistant", "message": "", "status": Status.CREATED}
         )
-        await self.messages.insert_many(
-            [_document(user, order - 1), _document(reply, order)], ordered=True
-        )
-        return user, reply
+        user_fields: dict[str, Any] = {"replyId": reply.id}
+        if idempotency_key is not None:
+            user_fields["idempotencyKey"] = idempotency_key
+        reply_fields = {"userMessageId": user.id, "published": False, "createdAt": now()}
 
-    async def _reserve_orders(self, conversation_id: str, count: int) -> int:
-        """Atomically take the next `count` positions; returns the last one."""
-        for _ in range(2):
-            try:
-                conversation = await self.conversations.find_one_and_update(
-                    {"_id": conversation_id},
-                    {
-                        "$inc": {"messageCount": count},
-                        "$setOnInsert": {"createdAt": utc_timestamp()},
-                    },
-                    upsert=True,
-                    return_document=ReturnDocument.AFTER,
-                )
-                return int(conversation["messageCount"])
-            except DuplicateKeyError:
-                continue  # two first posts raced on the upsert; the loser retries as an update
-        raise RuntimeError(f"could not reserve a position in conversation {conversation_id}")
+        async def write(session: AsyncClientSession) -> None:
+            order = await self._reserve_orders(conversation_id, 2, session)
+            await self.messages.insert_many(
+                [
+                    _document(user, order - 1, user_fields),
+                    _document(reply, order, reply_fields),
+                ],
+                session=session,
+            )
+
+        async with self.database.client.start_session() as session:
+            await session.with_transaction(write)
+        return Turn(user, reply)
+
+    async def _reserve_orders(
+        self, conversation_id: str, count: int, session: AsyncClientSession
+    ) -> int:
+        """Take the next `count` positions in the conversation; returns the last one."""
+        conversation = await self.conversations.find_one_and_update(
+            {"_id": conversation_id},
+            {"$inc": {"messageCount": count}, "$setOnInsert": {"createdAt": now()}},
+            upsert=True,
+            return_document=ReturnDocument.AFTER,
+            session=session,
+        )
+        return int(conversation["messageCount"])
+
+    async def find_turn(self, idempotency_key: str) -> Turn | None:
+        user = await self.messages.find_one({"idempotencyKey": idempotency_key})
+        if user is None:
+            return None
+        reply = await self.messages.find_one({"_id": user["replyId"]})
+        if reply is None:
+            return None
+        return Turn(Message.from_document(user), Message.from_document(reply))
+
+    async def mark_published(self, reply_id: str) -> None:
+        await self.messages.update_one({"_id": reply_id}, {"$set": {"published": True}})
+
+    async def unpublished(self, older_than: timedelta, limit: int = 100) -> list[Turn]:
+        """Turns whose job the broker has not confirmed, oldest first: the outbox."""
+        cursor = (
+            self.messages.find({"published": False, "createdAt": {"$lt": now() - older_than}})
+            .sort("createdAt", ASCENDING)
+            .limit(limit)
+        )
+        turns = []
+        async for reply in cursor:
+            user = await self.messages.find_one({"_id": reply["userMessageId"]})
+            if user is not None:
+                turns.append(Turn(Message.from_document(user), Message.from_document(reply)))
+        return turns
 
     async def conversation_exists(self, conversation_id: str) -> bool:
         return await self.conversations.count_documents({"_id": conversation_id}, limit=1) > 0
@@ -114,20 +174,23 @@ class MessageStore:
 
     async def has_unfinished_before(self, reply: Message) -> bool:
         """Whether an earlier reply in the conversation still has to finish first."""
-        order = await self._order_of(reply.id)
         earlier = {
             "conversationId": reply.conversation_id,
             "from": "assistant",
-            "order": {"$lt": order},
+            "order": {"$lt": await self._order_of(reply.id)},
             "status": {"$in": UNFINISHED},
         }
         return await self.messages.count_documents(earlier, limit=1) > 0
 
     async def history_before(self, reply: Message, limit: int) -> list[Message]:
         """The last `limit` messages before `reply`, oldest first."""
-        order = await self._order_of(reply.id)
         cursor = (
-            self.messages.find({"conversationId": reply.conversation_id, "order": {"$lt": order}})
+            self.messages.find(
+                {
+                    "conversationId": reply.conversation_id,
+                    "order": {"$lt": await self._order_of(reply.id)},
+                }
+            )
             .sort("order", -1)
             .limit(limit)
         )
@@ -140,18 +203,49 @@ class MessageStore:
             raise LookupError(f"message {message_id} is not stored")
         return int(document["order"])
 
-    async def start_reply(self, message_id: str) -> Message | None:
-        """Claim an unfinished reply for a new attempt, from an empty text; None if finished."""
+    async def claim_reply(self, message_id: str, lease: timedelta) -> Message | None:
+        """Start a new attempt at a reply nobody holds, from an empty text; None if held.
+
+        A reply is free while `created`, or `streaming` under a lease that ran out.
+        """
         document = await self.messages.find_one_and_update(
-            {"_id": message_id, "status": {"$in": UNFINISHED}},
             {
-                "$set": {"status": Status.STREAMING.value, "message": "", "seq": 0},
+                "_id": message_id,
+                "$or": [
+                    {"status": Status.CREATED.value},
+                    {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now()}},
+                ],
+            },
+            {
+                "$set": {
+                    "status": Status.STREAMING.value,
+                    "message": "",
+                    "seq": 0,
+                    "leaseUntil": now() + lease,
+                },
                 "$unset": {"error": ""},
                 "$inc": {"attempt": 1},
             },
             return_document=ReturnDocument.AFTER,
         )
         return None if document is None else Message.from_document(document)
+
+    async def stop_requested(self, message_id: str) -> bool:
+        document = await self.messages.find_one({"_id": message_id}, {"stopRequested": 1})
+        return bool(document and document.get("stopRequested"))
+
+    async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
+        if message_ids:
+            await self.messages.update_many(
+                {"_id": {"$in": message_ids}, "status": Status.STREAMING.value},
+                {"$set": {"leaseUntil": now() + lease}},
+            )
+
+    async def release(self, message_id: str) -> None:
+        """End this responder's lease early, so the reply can be taken over at once."""
+        await self.messages.update_one(
+            {"_id": message_id, "status": Status.STREAMING.value}, {"$set": {"leaseUntil": now()}}
+        )
 
     async def save_progress(self, batch: list[Progress]) -> None:
         """One round trip for every reply that grew since the last write."""
@@ -168,13 +262,18 @@ class MessageStore:
             )
 
     async def finish_reply(
-        self, progress: Progress, status: Status, error: str | None = None
+        self,
+        progress: Progress,
+        status: Status,
+        error: str | None = None,
+        stopped: bool = False,
     ) -> Message | None:
         """End an attempt; None if another attempt took the reply over meanwhile."""
         fields: dict[str, Any] = {
             "status": status.value,
             "message": progress.text,
             "seq": progress.seq,
+            "stopped": stopped,
         }
         if error is not None:
             fields["error"] = error
@@ -185,7 +284,44 @@ class MessageStore:
         )
         return None if document is None else Message.from_document(document)
 
+    async def give_up(self, message_id: str, error: str) -> Message | None:
+        """Fail an unfinished reply for good, keeping whatever text it has."""
+        document = await self.messages.find_one_and_update(
+            {"_id": message_id, "status": {"$in": UNFINISHED}},
+            {"$set": {"status": Status.FAILED.value, "error": error}},
+            return_document=ReturnDocument.AFTER,
+        )
+        return None if document is None else Message.from_document(document)
 
-def _document(message: Message, order: int) -> dict[str, Any]:
+    async def abandoned(self, grace: timedelta, limit: int = 100) -> list[Message]:
+        """Replies still `streaming` long after their lease ran out: nobody took them over."""
+        cursor = self.messages.find(
+            {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now() - grace}}
+        ).limit(limit)
+        return [Message.from_document(document) async for document in cursor]
+
+    async def request_stop(self, conversation_id: str, message_id: str) -> Message | None:
+        """Stop a reply: at once if not started, else flag it for its responder.
+
+        Returns the reply as it now is (finished if it was not started), None if unknown.
+        """
+        where = {"_id": message_id, "conversationId": conversation_id, "from": "assistant"}
+        document = await self.messages.find_one_and_update(
+            {**where, "status": Status.CREATED.value},
+            {"$set": {"status": Status.COMPLETED.value, "stopped": True}},
+            return_document=ReturnDocument.AFTER,
+        )
+        if document is None:
+            document = await self.messages.find_one_and_update(
+                {**where, "status": Status.STREAMING.value},
+                {"$set": {"stopRequested": True}},
+                return_document=ReturnDocument.AFTER,
+            )
+        if document is None:
+            return await self.get_message(conversation_id, message_id)
+        return Message.from_document(document)
+
+
+def _document(message: Message, order: int, extra: dict[str, Any]) -> dict[str, Any]:
     document = message.model_dump(exclude={"id"}, exclude_none=True, mode="json")
-    return {"_id": message.id, "order": order, **document}
+    return {"_id": message.id, "order": order, **document, **extra}

@@ -1,14 +1,12 @@
 """`python -m services.api`: HTTP and WebSocket on API_HOST:API_PORT."""
 
-import logging
-
 import uvicorn
 import uvloop
 
 from services.api.app import create_app
 from services.api.connections import Connections
 from shared.settings import Settings, get_settings
-from shared.startup import run_service
+from shared.startup import configure_logging, run_service
 
 
 async def serve(settings: Settings) -> None:
@@ -28,9 +26,7 @@ async def serve(settings: Settings) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     uvloop.run(serve(get_settings()))
 
 

@@ -3,8 +3,9 @@
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
 from fastapi.responses import ORJSONResponse
+from pymongo.errors import PyMongoError
 
 from services.api.connections import Connections
 from services.api.routes import router
@@ -13,9 +14,8 @@ from services.api.routes import router
 def create_app(connections: Connections) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        connections.start()
-        yield
-        await connections.close()
+        async with connections.running():
+            yield
 
     app = FastAPI(
         title="Streaming chat API",
@@ -23,5 +23,14 @@ def create_app(connections: Connections) -> FastAPI:
         default_response_class=ORJSONResponse,
     )
     app.state.connections = connections
+    app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router)
     return app
+
+
+async def database_unavailable(request: Request, error: Exception) -> ORJSONResponse:
+    """MongoDB is away: say so plainly; writes are transactional, so nothing was half-stored."""
+    return ORJSONResponse(
+        {"detail": "the database is unavailable; nothing was changed, try again shortly"},
+        status.HTTP_503_SERVICE_UNAVAILABLE,
+    )

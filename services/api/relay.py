@@ -199,7 +199,7 @@ class Hub:
             self._adopt(message, kind)
 
     def _adopt(self, message: dict[str, Any], kind: str) -> None:
-        """Make `message` the reply's state, tell clients, then apply buffered deltas that follow."""
+        """Make `message` the reply's state, tell clients, then apply the deltas that follow."""
         previous = self.tails.get(message["id"])
         tail = self.tails[message["id"]] = Tail(message)
         self._send(message, tail.version, {"type": kind, "message": message})

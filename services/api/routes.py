@@ -5,19 +5,29 @@ import contextlib
 import re
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Path, status
+from fastapi import APIRouter, Depends, Header, HTTPException, Path, status
 from fastapi.responses import JSONResponse
+from pymongo.errors import DuplicateKeyError
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.api.connections import Connections
 from services.api.relay import SlowSubscriber, Subscription
-from shared.events import CREATED, message_event
-from shared.schemas import ChatAccepted, ChatJob, ChatRequest, ConversationMessages, Message
+from shared.events import finished_event
+from shared.schemas import (
+    FINISHED,
+    ChatAccepted,
+    ChatRequest,
+    ConversationMessages,
+    Message,
+    Status,
+    StopRequest,
+)
 from shared.store import new_id
 
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TRY_AGAIN_LATER = 1013
+STOP_WAIT_SECONDS = 5.0
 
 
 def get_connections(connection: HTTPConnection) -> Connections:
@@ -31,14 +41,34 @@ router = APIRouter()
 
 
 @router.post("/chat", status_code=status.HTTP_202_ACCEPTED)
-async def post_chat(body: ChatRequest, backends: Backends) -> ChatAccepted:
-    conversation_id = body.conversation_id or new_id()
-    user, reply = await backends.store.open_turn(conversation_id, body.message)
-    await backends.publish_turn(
-        [message_event(CREATED, user), message_event(CREATED, reply)],
-        ChatJob(conversationId=conversation_id, userMessageId=user.id, messageId=reply.id),
+async def post_chat(
+    body: ChatRequest,
+    backends: Backends,
+    idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
+) -> ChatAccepted:
+    """Store the message and its reply's placeholder, then queue the reply.
+
+    A retried request with the same `Idempotency-Key` gets the first answer, not a second reply.
+    """
+    turn = None
+    if idempotency_key is not None:
+        turn = await backends.store.find_turn(idempotency_key)
+    if turn is None:
+        try:
+            turn = await backends.store.open_turn(
+                body.conversation_id or new_id(), body.message, idempotency_key
+            )
+        except DuplicateKeyError:
+            turn = await backends.store.find_turn(idempotency_key or "")
+            if turn is None:
+                raise
+        else:
+            await backends.publish_turn(turn)
+    return ChatAccepted(
+        conversationId=turn.reply.conversation_id,
+        userMessageId=turn.user.id,
+        messageId=turn.reply.id,
     )
-    return ChatAccepted(conversationId=conversation_id, userMessageId=user.id, messageId=reply.id)
 
 
 @router.get("/conversations/{conversation_id}/messages")
@@ -61,6 +91,37 @@ async def get_message(
     if message is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"message {message_id} not found")
     return message
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages/{message_id}/stop",
+    response_model_exclude_none=True,
+)
+async def stop_reply(
+    conversation_id: ConversationIdPath, message_id: str, backends: Backends
+) -> Message:
+    """Stop a reply wherever it is being written; its text so far is kept."""
+    reply = await backends.store.request_stop(conversation_id, message_id)
+    if reply is None or reply.sender != "assistant":
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
+    if reply.status == Status.STREAMING:
+        await backends.publish_stop(
+            StopRequest(conversationId=conversation_id, messageId=message_id)
+        )
+        reply = await _finished(backends, reply)
+    elif reply.stopped:
+        await backends.announce(finished_event(reply))
+    return reply
+
+
+async def _finished(backends: Connections, reply: Message) -> Message:
+    """The reply once its responder has stopped it, or as it is if that takes too long."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(STOP_WAIT_SECONDS):
+            while reply.status not in FINISHED:
+                await asyncio.sleep(0.05)
+                reply = await backends.store.get_message(reply.conversation_id, reply.id) or reply
+    return reply
 
 
 @router.get("/healthz")

@@ -3,16 +3,22 @@
 import asyncio
 import logging
 import signal
+from datetime import timedelta
 
 import uvloop
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from pydantic import ValidationError
 
+from services.responder.leases import end_abandoned, keep_leases
 from services.responder.model import ChatModel
 from services.responder.progress import ProgressWriter
 from services.responder.publisher import EventPublisher
 from services.responder.worker import Worker
 from shared import broker, store
+from shared.schemas import StopRequest
 from shared.settings import Settings, get_settings
-from shared.startup import run_service
+from shared.startup import configure_logging, run_service
+from shared.tasks import background
 
 log = logging.getLogger("responder")
 
@@ -25,28 +31,55 @@ async def serve(settings: Settings) -> None:
     model = ChatModel(settings)
     await model.check(timeout)
     connection = await broker.connect(settings.rabbitmq_url, timeout)
-    async with connection:
-        events = await broker.declare_events_exchange(await connection.channel())
+    lease = timedelta(seconds=settings.reply_lease_seconds)
+    async with (
+        connection,
+        ProgressWriter(messages, settings.store_flush_seconds).running() as writer,
+        EventPublisher(
+            await broker.declare_events_exchange(await connection.channel()),
+            on_sealed=writer.mark,
+        ).running() as publisher,
+    ):
+        worker = Worker(settings, messages, model, publisher, writer)
+        await _listen_for_stops(connection, worker)
         jobs_channel = await connection.channel()
         await jobs_channel.set_qos(prefetch_count=settings.responder_concurrency)
         jobs = await broker.declare_chat_queue(jobs_channel)
-        async with (
-            ProgressWriter(messages, settings.store_flush_seconds).running() as writer,
-            EventPublisher(events, on_sealed=writer.mark).running() as publisher,
+        async with background(
+            keep_leases(messages, lambda: worker.held_replies, lease),
+            end_abandoned(messages, publisher, lease),
         ):
-            worker = Worker(settings, messages, model, publisher, writer)
-            await jobs.consume(worker.handle)
+            consumer = await jobs.consume(worker.handle)
             log.info(
-                "consuming %s with up to %d replies at once",
+                "consuming %s, up to %d replies at once",
                 broker.CHAT_QUEUE,
                 settings.responder_concurrency,
             )
-            await _stopped()
+            await _terminated()
+            log.info("stopping: no new replies; finishing the ones in progress")
+            await jobs.cancel(consumer)
+            await worker.drain(settings.shutdown_grace_seconds)
     await model.close()
     await database.client.close()
+    log.info("stopped")
 
 
-async def _stopped() -> None:
+async def _listen_for_stops(connection: AbstractRobustConnection, worker: Worker) -> None:
+    channel = await connection.channel()
+    control = await broker.declare_control_exchange(channel)
+    queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+    await queue.bind(control)
+
+    async def on_stop(message: AbstractIncomingMessage) -> None:
+        try:
+            worker.stop(StopRequest.model_validate_json(message.body).message_id)
+        except ValidationError as error:
+            log.error("ignoring a malformed control message: %s", error)
+
+    await queue.consume(on_stop, no_ack=True)
+
+
+async def _terminated() -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -55,9 +88,7 @@ async def _stopped() -> None:
 
 
 def main() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging()
     uvloop.run(serve(get_settings()))
 
 

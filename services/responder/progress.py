@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 from services.responder.reply import Reply
 from shared.store import MessageStore
+from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +35,8 @@ class ProgressWriter:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator["ProgressWriter"]:
-        task = asyncio.create_task(self._run(), name="progress-writer")
-        try:
+        async with background(self._run()):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         while True:

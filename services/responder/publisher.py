@@ -18,6 +18,7 @@ from tenacity import AsyncRetrying, before_sleep_log, stop_after_delay, wait_exp
 from services.responder.reply import Reply
 from shared.broker import publish_events
 from shared.events import Event, MessageEvent, encode_batch
+from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
@@ -58,13 +59,8 @@ class EventPublisher:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator["EventPublisher"]:
-        task = asyncio.create_task(self._run(), name="event-publisher")
-        try:
+        async with background(self._run()):
             yield self
-        finally:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
 
     async def _run(self) -> None:
         while True:

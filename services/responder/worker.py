@@ -1,10 +1,18 @@
 """One `chat-message` delivery in, one stored and streamed assistant reply out."""
 
 import asyncio
+import contextlib
+import enum
 import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
+from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
+from pymongo.errors import PyMongoError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.responder.model import ChatModel, ModelError, build_context
 from services.responder.progress import ProgressWriter
@@ -17,7 +25,40 @@ from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
 
-TURN_POLL_SECONDS = (0.01, 0.5)
+FIRST_POLL_SECONDS = 0.01
+LONGEST_POLL_SECONDS = 0.5
+RETRY_PAUSE_SECONDS = 1.0
+FINISH_RETRY_SECONDS = 120.0
+
+
+def poll_delays() -> Iterator[float]:
+    """Short at first, so a turn that frees up soon is taken at once; then patient."""
+    delay = FIRST_POLL_SECONDS
+    while True:
+        yield delay
+        delay = min(delay * 2, LONGEST_POLL_SECONDS)
+
+
+class Outcome(enum.Enum):
+    DONE = "ack"
+    DEAD = "reject"
+    RETRY = "nack"
+
+
+@dataclass
+class Job:
+    """A reply this responder works on, and the latest delivery to settle for it.
+
+    After a broker reconnection the same job can be delivered again while it is still being
+    written here; the newer delivery then replaces the older one, whose channel is gone.
+    """
+
+    delivery: AbstractIncomingMessage
+    reply_id: str | None = None
+    generation: asyncio.Task[None] | None = None
+    stopping: bool = False
+    handing_back: bool = False
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
 
 
 class Worker:
@@ -30,60 +71,147 @@ class Worker:
         writer: ProgressWriter,
     ) -> None:
         self.settings = settings
+        self.lease = timedelta(seconds=settings.reply_lease_seconds)
         self.store = store
         self.model = model
         self.publisher = publisher
         self.writer = writer
+        self.jobs: dict[str, Job] = {}
+
+    @property
+    def held_replies(self) -> list[str]:
+        return [job.reply_id for job in self.jobs.values() if job.reply_id is not None]
 
     async def handle(self, delivery: AbstractIncomingMessage) -> None:
         """Acknowledge only once the reply is finished in MongoDB, so a crash redelivers it."""
         try:
-            job = ChatJob.model_validate_json(delivery.body)
+            request = ChatJob.model_validate_json(delivery.body)
         except ValidationError as error:
             log.error("dead-lettering a malformed chat-message: %s", error)
             await delivery.reject(requeue=False)
             return
+        job = self.jobs.get(request.message_id)
+        if job is not None:
+            job.delivery = delivery
+            return
+        job = self.jobs[request.message_id] = Job(delivery, task=asyncio.current_task())
         try:
-            await self.respond(job)
+            outcome = await self.respond(request, job)
+        except asyncio.CancelledError:
+            if not job.handing_back:
+                raise
+            outcome = await self._hand_back(job)
         except Exception:
-            log.exception("reply %s failed unexpectedly; handing it back", job.message_id)
-            await delivery.nack(requeue=True)
-        else:
-            await delivery.ack()
+            log.exception("reply %s failed unexpectedly; handing it back", request.message_id)
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+            outcome = await self._hand_back(job)
+        finally:
+            del self.jobs[request.message_id]
+        try:
+            if outcome is Outcome.DONE:
+                await job.delivery.ack()
+            else:
+                await job.delivery.nack(requeue=outcome is Outcome.RETRY)
+        except Exception as error:  # the channel closed: the broker will redeliver, harmlessly
+            log.warning("settling chat-message for %s failed: %s", request.message_id, error)
 
-    async def respond(self, job: ChatJob) -> None:
-        pending = await self.store.get_message(job.conversation_id, job.message_id)
+    async def _hand_back(self, job: Job) -> Outcome:
+        """Let another responder take the reply at once instead of after its lease."""
+        if job.reply_id is not None:
+            with contextlib.suppress(PyMongoError):
+                await self.store.release(job.reply_id)
+        return Outcome.RETRY
+
+    async def respond(self, request: ChatJob, job: Job) -> Outcome:
+        pending = await self.store.get_message(request.conversation_id, request.message_id)
         if pending is None:
-            log.warning("chat-message for unknown reply %s: nothing to do", job.message_id)
-            return
-        if pending.status in FINISHED:
-            return  # a redelivery of a reply that was already finished
+            log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
+            return Outcome.DONE
         await self._wait_turn(pending)
-        started = await self.store.start_reply(pending.id)
-        if started is None:
-            return
+        for delay in poll_delays():
+            current = await self.store.get_message(request.conversation_id, request.message_id)
+            if current is None or current.status in FINISHED:
+                return Outcome.DONE  # a redelivery of a reply already finished
+            if current.attempt >= self.settings.reply_max_attempts:
+                await self._give_up(current, f"gave up after {current.attempt} attempts")
+                return Outcome.DEAD
+            started = await self.store.claim_reply(current.id, self.lease)
+            if started is not None:
+                break
+            await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
+        job.reply_id = started.id
         await self.publisher.send(message_event(UPDATED, started))
-        await self._stream(Reply(started))
+        await self._stream(Reply(started), job)
+        return Outcome.DONE
 
     async def _wait_turn(self, reply: Message) -> None:
         """Replies in a conversation are written one at a time, in the order they were asked."""
-        delay, longest = TURN_POLL_SECONDS
-        while await self.store.has_unfinished_before(reply):
+        for delay in poll_delays():
+            if not await self.store.has_unfinished_before(reply):
+                return
             await asyncio.sleep(delay)
-            delay = min(delay * 2, longest)
 
-    async def _stream(self, reply: Reply) -> None:
-        history = await self.store.history_before(reply.message, self.settings.context_messages)
-        context = build_context(history, self.settings.system_prompt)
+    async def _stream(self, reply: Reply, job: Job) -> None:
         status, error = Status.COMPLETED, None
-        try:
-            async for text in self.model.stream(context):
-                self.publisher.token(reply, text)
-        except ModelError as failure:
-            status, error = Status.FAILED, str(failure)
-            log.warning("reply %s failed: %s", reply.id, error)
+        job.stopping = job.stopping or await self.store.stop_requested(reply.id)
+        if not job.stopping:
+            history = await self.store.history_before(reply.message, self.settings.context_messages)
+            context = build_context(history, self.settings.system_prompt)
+            job.generation = asyncio.create_task(self._generate(reply, context))
+            try:
+                await job.generation
+            except ModelError as failure:
+                status, error = Status.FAILED, str(failure)
+                log.warning("reply %s failed: %s", reply.id, error)
+            except asyncio.CancelledError:
+                if not job.stopping:
+                    raise
         self.publisher.seal(reply)
         self.writer.forget(reply)
-        finished = await self.store.finish_reply(reply.progress(), status, error)
+        finished = await self._finish(reply, status, error, stopped=job.stopping)
         if finished is not None:
             await self.publisher.send(finished_event(finished))
+
+    async def _generate(self, reply: Reply, context: list[ChatCompletionMessageParam]) -> None:
+        async for text in self.model.stream(context):
+            self.publisher.token(reply, text)
+
+    async def _finish(
+        self, reply: Reply, status: Status, error: str | None, stopped: bool
+    ) -> Message | None:
+        """The final write must land: MongoDB being away for a while only delays it."""
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(PyMongoError),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            stop=stop_after_delay(FINISH_RETRY_SECONDS),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self.store.finish_reply(reply.progress(), status, error, stopped)
+        return None
+
+    async def _give_up(self, reply: Message, error: str) -> None:
+        failed = await self.store.give_up(reply.id, error)
+        if failed is not None:
+            await self.publisher.send(finished_event(failed))
+
+    def stop(self, message_id: str) -> None:
+        """Stop generating a reply written here, keeping its text; other responders ignore it."""
+        job = self.jobs.get(message_id)
+        if job is not None:
+            job.stopping = True
+            if job.generation is not None:
+                job.generation.cancel()
+
+    async def drain(self, grace: float) -> None:
+        """Let replies in progress finish within `grace`; hand the rest back to the queue."""
+        tasks = [job.task for job in self.jobs.values() if job.task is not None]
+        if tasks:
+            log.info("finishing %d replies before exiting (up to %.0fs)", len(tasks), grace)
+            _, late = await asyncio.wait(tasks, timeout=grace)
+            for job in self.jobs.values():
+                job.handing_back = True
+                if job.task is not None:
+                    job.task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)

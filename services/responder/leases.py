@@ -1,0 +1,41 @@
+"""Leases on replies: renewed while this responder writes them, enforced on abandoned ones.
+
+A responder that dies is noticed by the broker, which redelivers its jobs; one that hangs is
+not. Its lease then runs out, and a reply nobody took over within another lease period is
+ended as failed, so no reply stays `streaming` forever.
+"""
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import timedelta
+
+from services.responder.publisher import EventPublisher
+from shared.events import finished_event
+from shared.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+ABANDONED = "the responder writing this reply stopped responding; ask again"
+
+
+async def keep_leases(store: MessageStore, held: Callable[[], list[str]], lease: timedelta) -> None:
+    while True:
+        await asyncio.sleep(lease.total_seconds() / 3)
+        try:
+            await store.renew_leases(held(), lease)
+        except Exception as error:
+            log.warning("renewing leases failed: %s", error)
+
+
+async def end_abandoned(store: MessageStore, publisher: EventPublisher, lease: timedelta) -> None:
+    while True:
+        await asyncio.sleep(lease.total_seconds() / 2)
+        try:
+            for reply in await store.abandoned(grace=lease):
+                failed = await store.give_up(reply.id, ABANDONED)
+                if failed is not None:
+                    log.warning("reply %s was abandoned; ended as failed", reply.id)
+                    await publisher.send(finished_event(failed))
+        except Exception as error:
+            log.warning("looking for abandoned replies failed: %s", error)
