@@ -25,7 +25,10 @@ async def connect(url: str, timeout: float) -> AbstractRobustConnection:
     """Connect once at start-up; after that aio-pika reconnects by itself."""
     try:
         return await asyncio.wait_for(aio_pika.connect_robust(url), timeout)
-    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError) as error:
+    except TimeoutError as error:
+        reason = f"no answer within {timeout:g}s"
+        raise DependencyUnavailable("RABBITMQ_URL", url, reason) from error
+    except (OSError, aio_pika.exceptions.AMQPError) as error:
         raise DependencyUnavailable("RABBITMQ_URL", url, error) from error
 
 

@@ -37,5 +37,6 @@ def configure_logging() -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    for chatty in ("httpx", "httpx2", "aiormq", "aio_pika"):
+    for chatty in ("httpx", "httpx2", "aio_pika"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)  # aio_pika reports what matters

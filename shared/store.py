@@ -5,6 +5,7 @@ vanished can be taken over (by a redelivered job) or, if nobody does, ended as f
 """
 
 import asyncio
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -48,16 +49,25 @@ class Turn:
     reply: Message
 
 
+SELECTION_TIMEOUT_MS = 3000
+"""How long an operation waits for an unreachable MongoDB before failing (a 503 to users)."""
+
+
 async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
     client: AsyncMongoClient = AsyncMongoClient(
-        url, serverSelectionTimeoutMS=int(timeout * 1000), tz_aware=True
+        url, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, tz_aware=True
     )
-    try:
-        await asyncio.wait_for(client.admin.command("ping"), timeout)
-    except (PyMongoError, TimeoutError) as error:
-        await client.close()
-        raise DependencyUnavailable("MONGODB_URL", url, error) from error
-    return client[database]
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), 0.1)):
+                await client.admin.command("ping")
+            return client[database]
+        except (PyMongoError, TimeoutError) as error:
+            if time.monotonic() >= deadline:
+                await client.close()
+                reason = f"no answer within {timeout:g}s"
+                raise DependencyUnavailable("MONGODB_URL", url, reason) from error
 
 
 class MessageStore:
