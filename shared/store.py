@@ -12,14 +12,32 @@ from typing import Any
 
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.asynchronous.client_session import AsyncClientSession
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from shared.schemas import Message, Status, utc_timestamp
 from shared.startup import DependencyUnavailable
 
 UNFINISHED = [Status.CREATED.value, Status.STREAMING.value]
+DUPLICATE_KEY = 11000
+
+
+class CreationOrder:
+    """Nanosecond creation times, strictly rising within a process.
+
+    Messages sort by this within a conversation. Across API instances it is the order of the
+    hosts' clocks, which holds for any client that waits for one answer before posting again.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def tick(self) -> int:
+        self.last = max(time.time_ns(), self.last + 1)
+        return self.last
+
+
+ORDER = CreationOrder()
 
 
 def new_id() -> str:
@@ -73,7 +91,6 @@ async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
 class MessageStore:
     def __init__(self, database: AsyncDatabase) -> None:
         self.database = database
-        self.conversations = database["conversations"]
         self.messages = database["messages"]
 
     async def ensure_indexes(self) -> None:
@@ -83,21 +100,16 @@ class MessageStore:
             unique=True,
             partialFilterExpression={"idempotencyKey": {"$exists": True}},
         )
-        await self.messages.create_index([("status", ASCENDING), ("leaseUntil", ASCENDING)])
-        await self.messages.create_index([("published", ASCENDING), ("createdAt", ASCENDING)])
+        await self.messages.create_index(
+            "leaseUntil", partialFilterExpression={"status": Status.STREAMING.value}
+        )
+        await self.messages.create_index("createdAt", partialFilterExpression={"published": False})
 
     async def ping(self) -> None:
         await self.database.command("ping")
 
-    async def open_turn(
-        self, conversation_id: str, text: str, idempotency_key: str | None = None
-    ) -> Turn:
-        """Store the user's message and the reply's placeholder, both or neither.
-
-        The placeholder stays `published: false` until its job is confirmed by the broker, so
-        the outbox can publish it later if the broker is away now. A reused idempotency key
-        raises DuplicateKeyError; `find_turn` then gives the first turn.
-        """
+    @staticmethod
+    def new_turn(conversation_id: str, text: str) -> Turn:
         timestamp = utc_timestamp()
         user = Message(
             id=new_id(),
@@ -111,37 +123,39 @@ class MessageStore:
         reply = user.model_copy(
             update={"id": new_id(), "sender": "assistant", "message": "", "status": Status.CREATED}
         )
-        user_fields: dict[str, Any] = {"replyId": reply.id}
-        if idempotency_key is not None:
-            user_fields["idempotencyKey"] = idempotency_key
-        reply_fields = {"userMessageId": user.id, "published": False, "createdAt": now()}
-
-        async def write(session: AsyncClientSession) -> None:
-            order = await self._reserve_orders(conversation_id, 2, session)
-            await self.messages.insert_many(
-                [
-                    _document(user, order - 1, user_fields),
-                    _document(reply, order, reply_fields),
-                ],
-                session=session,
-            )
-
-        async with self.database.client.start_session() as session:
-            await session.with_transaction(write)
         return Turn(user, reply)
 
-    async def _reserve_orders(
-        self, conversation_id: str, count: int, session: AsyncClientSession
-    ) -> int:
-        """Take the next `count` positions in the conversation; returns the last one."""
-        conversation = await self.conversations.find_one_and_update(
-            {"_id": conversation_id},
-            {"$inc": {"messageCount": count}, "$setOnInsert": {"createdAt": now()}},
-            upsert=True,
-            return_document=ReturnDocument.AFTER,
-            session=session,
-        )
-        return int(conversation["messageCount"])
+    async def insert_turns(self, turns: list[tuple[Turn, str | None]]) -> set[int]:
+        """Store many turns in one round trip; returns the positions whose key was taken.
+
+        Each turn is its user message and its reply's placeholder, ordered by creation time.
+        The placeholder stays `published: false` until the broker confirms its job, so the
+        outbox can publish it later if the broker is away now. A reused idempotency key fails
+        only its own user message; the reply stored beside it is removed again.
+        """
+        documents = []
+        for turn, key in turns:
+            user_fields: dict[str, Any] = {"replyId": turn.reply.id}
+            if key is not None:
+                user_fields["idempotencyKey"] = key
+            reply_fields = {"userMessageId": turn.user.id, "published": False, "createdAt": now()}
+            documents.append(_document(turn.user, ORDER.tick(), user_fields))
+            documents.append(_document(turn.reply, ORDER.tick(), reply_fields))
+        try:
+            await self.messages.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details["writeErrors"]
+            if any(item["code"] != DUPLICATE_KEY for item in errors):
+                raise
+            taken = {item["index"] // 2 for item in errors}
+            await self.messages.delete_many(
+                {"_id": {"$in": [turns[index][0].reply.id for index in taken]}}
+            )
+            return taken
+        return set()
+
+    async def mark_published(self, reply_ids: list[str]) -> None:
+        await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})
 
     async def find_turn(self, idempotency_key: str) -> Turn | None:
         user = await self.messages.find_one({"idempotencyKey": idempotency_key})
@@ -151,9 +165,6 @@ class MessageStore:
         if reply is None:
             return None
         return Turn(Message.from_document(user), Message.from_document(reply))
-
-    async def mark_published(self, reply_id: str) -> None:
-        await self.messages.update_one({"_id": reply_id}, {"$set": {"published": True}})
 
     async def unpublished(self, older_than: timedelta, limit: int = 100) -> list[Turn]:
         """Turns whose job the broker has not confirmed, oldest first: the outbox."""
@@ -170,7 +181,8 @@ class MessageStore:
         return turns
 
     async def conversation_exists(self, conversation_id: str) -> bool:
-        return await self.conversations.count_documents({"_id": conversation_id}, limit=1) > 0
+        existing = {"conversationId": conversation_id}
+        return await self.messages.count_documents(existing, limit=1) > 0
 
     async def list_messages(self, conversation_id: str) -> list[Message]:
         cursor = self.messages.find({"conversationId": conversation_id}).sort("order", ASCENDING)

@@ -7,12 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, status
 from fastapi.responses import JSONResponse
-from pymongo.errors import DuplicateKeyError
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from services.api.connections import Connections
 from services.api.relay import SlowSubscriber, Subscription
+from services.api.turns import KeyTaken
 from shared.events import finished_event
 from shared.schemas import (
     FINISHED,
@@ -30,7 +30,7 @@ TRY_AGAIN_LATER = 1013
 STOP_WAIT_SECONDS = 5.0
 
 
-def get_connections(connection: HTTPConnection) -> Connections:
+async def get_connections(connection: HTTPConnection) -> Connections:
     return connection.app.state.connections
 
 
@@ -50,20 +50,18 @@ async def post_chat(
 
     A retried request with the same `Idempotency-Key` gets the first answer, not a second reply.
     """
+    turns = backends.turns
     turn = None
     if idempotency_key is not None:
         turn = await backends.store.find_turn(idempotency_key)
     if turn is None:
+        turn = backends.store.new_turn(body.conversation_id or new_id(), body.message)
         try:
-            turn = await backends.store.open_turn(
-                body.conversation_id or new_id(), body.message, idempotency_key
-            )
-        except DuplicateKeyError:
+            await turns.open(turn, idempotency_key)
+        except KeyTaken:
             turn = await backends.store.find_turn(idempotency_key or "")
             if turn is None:
                 raise
-        else:
-            await backends.publish_turn(turn)
     return ChatAccepted(
         conversationId=turn.reply.conversation_id,
         userMessageId=turn.user.id,

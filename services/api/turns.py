@@ -1,0 +1,150 @@
+"""How a chat turn gets stored and handed to the responders.
+
+Turns go by group commit: the requests that arrive while one batch is in flight go together in
+the next, so a burst of posts costs one insert per batch instead of one per post. A request is
+answered once its turn is stored; publishing follows in the background, in order, with one
+live-event message per batch and a job per reply. The stored reply is the outbox entry (it
+stays `published: false` until the broker confirms its job), so a turn whose publish failed,
+or whose API instance died first, is published by the outbox relay once the broker is back.
+"""
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from aio_pika.abc import AbstractChannel, AbstractExchange
+
+from shared import broker
+from shared.events import CREATED, encode_batch, message_event
+from shared.schemas import ChatJob
+from shared.store import MessageStore, Turn
+from shared.tasks import background
+
+log = logging.getLogger(__name__)
+
+PUBLISH_TIMEOUT_SECONDS = 2.0
+OUTBOX_POLL_SECONDS = 2.0
+OUTBOX_GRACE = timedelta(seconds=5)
+"""How long a fresh turn is left to the request that stored it before the outbox steps in."""
+
+
+class KeyTaken(Exception):
+    """The idempotency key belongs to an earlier turn."""
+
+
+@dataclass
+class _Pending:
+    turn: Turn
+    key: str | None
+    stored: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Turns:
+    def __init__(self, store: MessageStore, channel: AbstractChannel, events: AbstractExchange):
+        self.store = store
+        self.channel = channel
+        self.events = events
+        self._pending: list[_Pending] = []
+        self._to_store = asyncio.Event()
+        self._stored: list[Turn] = []
+        self._to_publish = asyncio.Event()
+        self._published: list[str] = []
+        self._to_mark = asyncio.Event()
+
+    async def open(self, turn: Turn, key: str | None) -> None:
+        """Return once the turn is stored; raises KeyTaken if `key` was used before."""
+        pending = _Pending(turn, key)
+        self._pending.append(pending)
+        self._to_store.set()
+        await pending.stored
+
+    async def publish(self, turns: list[Turn]) -> None:
+        """Announce the new messages live, then queue the replies; failures stay in the outbox."""
+        created = [
+            message_event(CREATED, message) for turn in turns for message in (turn.user, turn.reply)
+        ]
+        try:
+            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                await broker.publish_events(self.events, encode_batch(created))
+                await asyncio.gather(
+                    *(broker.publish_job(self.channel, job(turn)) for turn in turns)
+                )
+        except Exception as error:
+            log.warning("%d replies left in the outbox: %s", len(turns), error)
+            return
+        self._published.extend(turn.reply.id for turn in turns)
+        self._to_mark.set()
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        loops = (self._store_batches(), self._publish_batches(), self._mark_published())
+        async with background(*loops, self._relay()):
+            yield
+
+    async def _store_batches(self) -> None:
+        while True:
+            await self._to_store.wait()
+            self._to_store.clear()
+            batch, self._pending = self._pending, []
+            try:
+                taken = await self.store.insert_turns([(item.turn, item.key) for item in batch])
+            except Exception as error:
+                for item in batch:
+                    _settle(item.stored, error)
+                continue
+            for index, item in enumerate(batch):
+                _settle(item.stored, KeyTaken(item.key) if index in taken else None)
+            self._stored.extend(item.turn for index, item in enumerate(batch) if index not in taken)
+            self._to_publish.set()
+
+    async def _publish_batches(self) -> None:
+        while True:
+            await self._to_publish.wait()
+            self._to_publish.clear()
+            turns, self._stored = self._stored, []
+            if turns:
+                await self.publish(turns)
+
+    async def _mark_published(self) -> None:
+        while True:
+            await self._to_mark.wait()
+            self._to_mark.clear()
+            reply_ids, self._published = self._published, []
+            try:
+                await self.store.mark_published(reply_ids)
+            except Exception as error:  # the outbox will publish them again, harmlessly
+                log.warning("marking %d replies published failed: %s", len(reply_ids), error)
+
+    async def _relay(self) -> None:
+        """Publish the turns that were stored while the broker was away."""
+        while True:
+            await asyncio.sleep(OUTBOX_POLL_SECONDS)
+            try:
+                turns = await self.store.unpublished(OUTBOX_GRACE)
+                if turns:
+                    log.info("publishing %d replies from the outbox", len(turns))
+                    await self.publish(turns)
+            except Exception as error:
+                log.warning("relaying the outbox failed: %s", error)
+
+
+def job(turn: Turn) -> ChatJob:
+    return ChatJob(
+        conversationId=turn.reply.conversation_id,
+        userMessageId=turn.user.id,
+        messageId=turn.reply.id,
+    )
+
+
+def _settle(future: asyncio.Future[None], error: Exception | None) -> None:
+    if future.done():
+        return  # its request was cancelled
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
