@@ -1,0 +1,113 @@
+"""Delta coalescing: idle replies go out token by token, busy ones merge while a publish waits."""
+
+import asyncio
+
+import orjson
+import pytest
+
+from services.responder.publisher import EventPublisher
+from services.responder.reply import Reply
+from shared.events import UPDATED, message_event
+from shared.schemas import Message, Status
+
+
+class GatedExchange:
+    """Records published batches; each publish waits until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[dict]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.in_flight = asyncio.Event()
+
+    async def publish(self, message, routing_key: str) -> None:
+        self.in_flight.set()
+        await self.gate.wait()
+        self.batches.append(orjson.loads(message.body))
+
+
+def reply(message_id: str = "r1") -> Reply:
+    return Reply(
+        Message(
+            id=message_id,
+            conversationId="c1",
+            sender="assistant",
+            message="",
+            status=Status.STREAMING,
+            timestamp="2026-01-01T00:00:00.000Z",
+            seq=0,
+            attempt=1,
+        )
+    )
+
+
+def deltas(batches: list[list[dict]]) -> list[dict]:
+    return [event for batch in batches for event in batch if event["type"] == "message.delta"]
+
+
+async def settle(exchange: GatedExchange, count: int) -> None:
+    async with asyncio.timeout(5), exchange.published:
+        await exchange.published.wait_for(lambda: len(exchange.batches) >= count)
+
+
+async def test_an_idle_publisher_sends_each_token_at_once() -> None:
+    exchange = GatedExchange()
+    sealed: list[str] = []
+    async with EventPublisher(exchange, on_sealed=lambda r: sealed.append(r.id)).running() as out:
+        answer = reply()
+        for count, token in enumerate(["Hello", " there"], start=1):
+            out.token(answer, token)
+            await settle(exchange, count)
+    assert [(d["seq"], d["delta"]) for d in deltas(exchange.batches)] == [
+        (1, "Hello"),
+        (2, " there"),
+    ]
+    assert sealed == ["r1", "r1"]
+
+
+async def test_tokens_arriving_during_a_publish_merge_into_one_delta() -> None:
+    exchange = GatedExchange()
+    async with EventPublisher(exchange, on_sealed=lambda r: None).running() as out:
+        first, second = reply("r1"), reply("r2")
+        exchange.gate.clear()
+        out.token(first, "a")
+        await exchange.in_flight.wait()
+        for token in ["b", "c", "d"]:
+            out.token(first, token)
+        out.token(second, "x")
+        exchange.gate.set()
+        await settle(exchange, 2)
+    merged = exchange.batches[1]
+    assert [(d["messageId"], d["seq"], d["delta"]) for d in merged] == [
+        ("r1", 2, "bcd"),
+        ("r2", 1, "x"),
+    ]
+    assert first.progress().text == "abcd" and first.progress().seq == 2
+
+
+async def test_a_message_event_follows_the_deltas_sealed_before_it() -> None:
+    exchange = GatedExchange()
+    async with EventPublisher(exchange, on_sealed=lambda r: None).running() as out:
+        answer = reply()
+        exchange.gate.clear()
+        out.token(answer, "partial")
+        await exchange.in_flight.wait()
+        out.token(answer, " text")
+        out.seal(answer)
+        sending = asyncio.create_task(out.send(message_event(UPDATED, answer.message)))
+        exchange.gate.set()
+        await asyncio.wait_for(sending, 5)
+    kinds = [(event["type"], event.get("seq")) for batch in exchange.batches for event in batch]
+    assert kinds == [("message.delta", 1), ("message.delta", 2), ("message.updated", None)]
+
+
+@pytest.mark.parametrize("tokens", [["a"], ["a", "b", "c"]])
+def test_seq_counts_deltas_and_progress_holds_only_sealed_text(tokens: list[str]) -> None:
+    answer = reply()
+    for token in tokens:
+        answer.append(token)
+    assert answer.progress().text == "" and answer.progress().seq == 0
+    delta = answer.seal()
+    assert delta is not None and delta["seq"] == 1 and delta["delta"] == "".join(tokens)
+    assert answer.seal() is None
+    assert answer.progress().text == "".join(tokens)
