@@ -19,11 +19,14 @@ class GatedExchange:
         self.gate = asyncio.Event()
         self.gate.set()
         self.in_flight = asyncio.Event()
+        self.published = asyncio.Condition()
 
-    async def publish(self, message, routing_key: str) -> None:
+    async def publish(self, message: Any, routing_key: str) -> None:
         self.in_flight.set()
         await self.gate.wait()
-        self.batches.append(orjson.loads(message.body))
+        async with self.published:
+            self.batches.append(orjson.loads(message.body))
+            self.published.notify_all()
 
 
 def reply(message_id: str = "r1") -> Reply:
