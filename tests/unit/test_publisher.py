@@ -1,6 +1,7 @@
 """Delta coalescing: idle replies go out token by token, busy ones merge while a publish waits."""
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
