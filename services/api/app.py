@@ -4,7 +4,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request, status
-from fastapi.responses import ORJSONResponse
+from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
 from services.api.connections import Connections
@@ -20,7 +20,6 @@ def create_app(connections: Connections) -> FastAPI:
     app = FastAPI(
         title="Streaming chat API",
         lifespan=lifespan,
-        default_response_class=ORJSONResponse,
     )
     app.state.connections = connections
     app.add_exception_handler(PyMongoError, database_unavailable)
@@ -28,9 +27,9 @@ def create_app(connections: Connections) -> FastAPI:
     return app
 
 
-async def database_unavailable(request: Request, error: Exception) -> ORJSONResponse:
+async def database_unavailable(request: Request, error: Exception) -> JSONResponse:
     """MongoDB is away: say so plainly; writes are transactional, so nothing was half-stored."""
-    return ORJSONResponse(
+    return JSONResponse(
         {"detail": "the database is unavailable; nothing was changed, try again shortly"},
         status.HTTP_503_SERVICE_UNAVAILABLE,
     )
