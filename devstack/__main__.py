@@ -63,7 +63,10 @@ def main() -> None:
         flush=True,
     )
     try:
-        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        while True:
+            signal.pause()
+    except KeyboardInterrupt:
+        pass
     finally:
         stack.stop()
 
@@ -75,6 +78,10 @@ def _host_port(url: str, default_port: int) -> tuple[str, int]:
     return parts.hostname or "localhost", parts.port or default_port
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    signal.signal(signal.SIGTERM, _interrupt)
     main()
