@@ -1,6 +1,7 @@
 """RabbitMQ topology, declared once here for every process that touches the broker."""
 
 import asyncio
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -23,6 +24,9 @@ CONTROL_EXCHANGE = "chat-control"
 
 async def connect(url: str, timeout: float) -> AbstractRobustConnection:
     """Connect once at start-up; after that aio-pika reconnects by itself."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+        raise DependencyUnavailable("RABBITMQ_URL", url, "not an amqp://host/ URL")
     try:
         return await asyncio.wait_for(aio_pika.connect_robust(url), timeout)
     except TimeoutError as error:

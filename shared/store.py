@@ -13,7 +13,7 @@ from typing import Any
 from bson import ObjectId
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import BulkWriteError, ConfigurationError, PyMongoError
 
 from shared.schemas import Message, Status, utc_timestamp
 from shared.startup import DependencyUnavailable
@@ -72,9 +72,12 @@ SELECTION_TIMEOUT_MS = 3000
 
 
 async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
-    client: AsyncMongoClient = AsyncMongoClient(
-        url, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, tz_aware=True
-    )
+    try:
+        client: AsyncMongoClient = AsyncMongoClient(
+            url, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, tz_aware=True
+        )
+    except ConfigurationError as error:
+        raise DependencyUnavailable("MONGODB_URL", url, error) from error
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -1,0 +1,257 @@
+"""The relay's Hub without a network: snapshots, filtering, gap repair and overflow.
+
+The store is a small fake of our own MessageStore's read interface; events are fed straight to
+`Hub.receive`, and what a subscriber is sent is rebuilt with the same checker the WebSocket
+tests use, so the contract's guarantee is checked here too.
+"""
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any, cast
+
+import orjson
+import pytest
+
+from services.api.relay import Hub, SlowSubscriber, Subscription
+from shared.events import delta_event, message_event
+from shared.schemas import Message, Status
+from shared.store import MessageStore
+from tests.clients import Rebuilder
+from tests.factories import message
+
+CONVERSATION = "c1"
+FRAME_TIMEOUT = 2.0
+
+
+class FakeStore:
+    """Conversations in memory; `during_read` runs inside a list read, as live events would."""
+
+    def __init__(self) -> None:
+        self.conversations: dict[str, dict[str, Message]] = {}
+        self.during_read: Callable[[], None] | None = None
+        self.gets = 0
+
+    def put(self, stored: Message) -> None:
+        self.conversations.setdefault(stored.conversation_id, {})[stored.id] = stored
+
+    async def list_messages(self, conversation_id: str) -> list[Message]:
+        await asyncio.sleep(0)
+        if self.during_read is not None:
+            self.during_read()  # live events while the database answers
+        stored = self.conversations.get(conversation_id, {}).values()
+        return [item.model_copy() for item in stored]
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        self.gets += 1
+        found = self.conversations.get(conversation_id, {}).get(message_id)
+        return None if found is None else found.model_copy()
+
+
+@pytest.fixture
+async def store() -> FakeStore:
+    return FakeStore()
+
+
+@pytest.fixture
+async def hub(store: FakeStore) -> AsyncIterator[Hub]:
+    running = Hub(cast(MessageStore, store), capacity=64)
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+def reply(
+    seq: int = 0, text: str = "", status: Status = Status.STREAMING, attempt: int = 1
+) -> Message:
+    return message(
+        "assistant", text, status, CONVERSATION, seq=seq, attempt=attempt, message_id="r1"
+    )
+
+
+def delta(seq: int, attempt: int = 1, conversation_id: str = CONVERSATION) -> dict[str, Any]:
+    return dict(delta_event(conversation_id, "r1", attempt, seq, f"t{seq} "))
+
+
+def text_upto(seq: int) -> str:
+    return "".join(f"t{index} " for index in range(1, seq + 1))
+
+
+def event(kind: str, item: Message) -> dict[str, Any]:
+    return dict(message_event(kind, item))  # type: ignore[arg-type]
+
+
+def stream_to(hub: Hub, seq: int, start: int = 1, attempt: int = 1) -> None:
+    """The responder's view: the reply started, then deltas `start`..`seq`."""
+    if start == 1:
+        hub.receive(event("message.updated", reply(attempt=attempt)))
+    for index in range(start, seq + 1):
+        hub.receive(delta(index, attempt))
+
+
+async def take(subscription: Subscription, count: int) -> list[dict[str, Any]]:
+    """The next `count` frames the subscriber is sent, failing if they do not come."""
+    return [
+        orjson.loads(await asyncio.wait_for(anext(subscription), FRAME_TIMEOUT))
+        for _ in range(count)
+    ]
+
+
+async def test_snapshot_is_the_stored_state_brought_up_to_the_live_tail(
+    hub: Hub, store: FakeStore
+) -> None:
+    user = message("user", "question", conversation_id=CONVERSATION)
+    store.put(user)
+    store.put(reply(seq=1, text=text_upto(1)))  # MongoDB is behind
+    stream_to(hub, 4)
+    async with hub.subscribe(CONVERSATION) as subscription:
+        snapshot = orjson.loads(await subscription.snapshot())
+    assert snapshot["type"] == "snapshot"
+    assert snapshot["conversationId"] == CONVERSATION
+    first, second = (Message.model_validate(item) for item in snapshot["messages"])
+    assert first == user
+    assert (second.id, second.seq, second.message) == ("r1", 4, text_upto(4))
+    assert hub.subscriber_count == 0, "leaving the context unsubscribes"
+
+
+async def test_snapshot_keeps_the_stored_state_when_it_is_ahead(hub: Hub, store: FakeStore) -> None:
+    store.put(reply(seq=5, text=text_upto(5), status=Status.COMPLETED))
+    stream_to(hub, 2)  # this instance missed the end
+    async with hub.subscribe(CONVERSATION) as subscription:
+        (stored,) = orjson.loads(await subscription.snapshot())["messages"]
+    assert (stored["seq"], stored["status"], stored["message"]) == (5, "completed", text_upto(5))
+
+
+async def test_events_that_arrive_during_the_snapshot_read_are_not_sent_twice(
+    hub: Hub, store: FakeStore
+) -> None:
+    user = message("user", "next", conversation_id=CONVERSATION)
+    store.put(reply(seq=1, text=text_upto(1)))
+    stream_to(hub, 1)
+
+    def live_events() -> None:
+        store.put(user)  # stored before the read returned ...
+        hub.receive(event("message.created", user))  # ... and announced while it ran
+        stream_to(hub, 3, start=2)
+
+    store.during_read = live_events
+    async with hub.subscribe(CONVERSATION) as subscription:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        hub.receive(delta(4))
+        sent = await take(subscription, 1)
+        rebuilder.apply(sent[0])
+        assert subscription.queue.empty()
+    assert rebuilder.snapshot is not None
+    assert [item.id for item in rebuilder.snapshot][-1] == user.id
+    assert [frame["seq"] for frame in sent] == [4], "queued deltas 2-3 are in the snapshot"
+    assert rebuilder.text("r1") == text_upto(4)
+
+
+async def test_duplicate_and_stale_deltas_are_dropped(hub: Hub) -> None:
+    async with hub.subscribe(CONVERSATION) as subscription:
+        await subscription.snapshot()
+        hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
+        stream_to(hub, 2)
+        hub.receive(delta(2))
+        hub.receive(delta(1))
+        hub.receive(delta(3, attempt=0))  # from an attempt that was superseded
+        hub.receive(delta(3))
+        frames = await take(subscription, 5)
+        assert subscription.queue.empty()
+    assert [(frame["type"], frame.get("seq")) for frame in frames] == [
+        ("message.created", None),
+        ("message.updated", None),
+        ("message.delta", 1),
+        ("message.delta", 2),
+        ("message.delta", 3),
+    ]
+
+
+async def test_a_gap_is_held_back_and_repaired_from_the_store(hub: Hub, store: FakeStore) -> None:
+    store.put(reply(seq=2, text=text_upto(2)))
+    stream_to(hub, 2)
+    async with hub.subscribe(CONVERSATION) as subscription:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        hub.receive(delta(4))  # delta 3 was lost on the way
+        hub.receive(delta(5))
+        assert subscription.queue.empty(), "nothing after a gap is shown before the repair"
+
+        await _until(lambda: store.gets >= 1)  # the repair asked MongoDB, which is behind
+        store.put(reply(seq=3, text=text_upto(3)))  # MongoDB catches up
+        frames = []
+        while rebuilder.seq("r1") < 5:
+            (frame,) = await take(subscription, 1)
+            rebuilder.apply(frame)
+            frames.append(frame)
+        hub.receive(delta(6))
+        (after,) = await take(subscription, 1)
+        rebuilder.apply(after)
+    assert all(frame["type"] == "message.updated" for frame in frames)
+    assert after["type"] == "message.delta" and after["seq"] == 6
+    assert rebuilder.text("r1") == text_upto(6)
+
+
+async def test_a_retry_restarts_the_reply_and_drops_the_old_attempt(hub: Hub) -> None:
+    async with hub.subscribe(CONVERSATION) as subscription:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
+        stream_to(hub, 2, attempt=1)
+        stream_to(hub, 1, attempt=2)  # redelivered after a crash: from seq 0 again
+        hub.receive(delta(3, attempt=1))  # a straggler of the dead attempt
+        hub.receive(delta(2, attempt=2))
+        for frame in await take(subscription, 7):
+            rebuilder.apply(frame)
+        assert subscription.queue.empty()
+    current = rebuilder.messages["r1"]
+    assert (current.attempt, current.seq, current.message) == (2, 2, text_upto(2))
+
+
+async def test_completion_replaces_the_copy_and_later_deltas_are_dropped(hub: Hub) -> None:
+    async with hub.subscribe(CONVERSATION) as subscription:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
+        stream_to(hub, 3)
+        done = reply(seq=3, text=text_upto(3), status=Status.COMPLETED)
+        hub.receive(event("message.completed", done))
+        hub.receive(delta(3))
+        for frame in await take(subscription, 6):
+            rebuilder.apply(frame)
+        assert subscription.queue.empty()
+    assert rebuilder.messages["r1"] == done
+
+
+async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
+    async with hub.subscribe(CONVERSATION) as mine, hub.subscribe("c2") as other:
+        await mine.snapshot()
+        await other.snapshot()
+        hub.receive(event("message.created", message("user", "for c2", conversation_id="c2")))
+        hub.receive(delta(1, conversation_id="c2"))
+        assert mine.queue.empty()
+        assert not other.queue.empty()
+
+
+async def test_a_subscriber_that_falls_too_far_behind_is_told_to_reconnect(
+    store: FakeStore,
+) -> None:
+    hub = Hub(cast(MessageStore, store), capacity=16)
+    async with hub.subscribe(CONVERSATION) as slow, hub.subscribe(CONVERSATION) as fast:
+        await slow.snapshot()
+        await fast.snapshot()
+        stream_to(hub, 8)
+        await take(fast, 9)
+        stream_to(hub, 17, start=9)
+        with pytest.raises(SlowSubscriber):
+            await asyncio.wait_for(anext(slow), FRAME_TIMEOUT)
+        assert len(await take(fast, 9)) == 9, "others are not held back by the slow one"
+    await hub.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    """Let the hub's repair task run until `condition` holds, within the frame deadline."""
+    async with asyncio.timeout(FRAME_TIMEOUT):
+        while not condition():  # noqa: ASYNC110 - the condition is the fake store's read count
+            await asyncio.sleep(0.001)
