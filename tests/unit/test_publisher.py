@@ -4,12 +4,12 @@ import asyncio
 from typing import Any
 
 import orjson
-import pytest
 
 from services.responder.publisher import EventPublisher
 from services.responder.reply import Reply
 from shared.events import UPDATED, message_event
-from shared.schemas import Message, Status
+from shared.schemas import Status
+from tests.factories import message
 
 
 class GatedExchange:
@@ -31,18 +31,7 @@ class GatedExchange:
 
 
 def reply(message_id: str = "r1") -> Reply:
-    return Reply(
-        Message(
-            id=message_id,
-            conversationId="c1",
-            sender="assistant",
-            message="",
-            status=Status.STREAMING,
-            timestamp="2026-01-01T00:00:00.000Z",
-            seq=0,
-            attempt=1,
-        )
-    )
+    return Reply(message("assistant", "", Status.STREAMING, "c1", attempt=1, message_id=message_id))
 
 
 def deltas(batches: list[list[dict]]) -> list[dict]:
@@ -103,15 +92,3 @@ async def test_a_message_event_follows_the_deltas_sealed_before_it() -> None:
         await asyncio.wait_for(sending, 5)
     kinds = [(event["type"], event.get("seq")) for batch in exchange.batches for event in batch]
     assert kinds == [("message.delta", 1), ("message.delta", 2), ("message.updated", None)]
-
-
-@pytest.mark.parametrize("tokens", [["a"], ["a", "b", "c"]])
-def test_seq_counts_deltas_and_progress_holds_only_sealed_text(tokens: list[str]) -> None:
-    answer = reply()
-    for token in tokens:
-        answer.append(token)
-    assert answer.progress().text == "" and answer.progress().seq == 0
-    delta = answer.seal()
-    assert delta is not None and delta["seq"] == 1 and delta["delta"] == "".join(tokens)
-    assert answer.seal() is None
-    assert answer.progress().text == "".join(tokens)
