@@ -60,6 +60,23 @@ class Progress:
 
 
 @dataclass(slots=True)
+class StoredReply:
+    """A reply with what the responder needs beyond the wire message."""
+
+    message: Message
+    order: int
+    stop_requested: bool
+
+    @classmethod
+    def from_document(cls, document: dict[str, Any]) -> "StoredReply":
+        return cls(
+            Message.from_document(document),
+            int(document["order"]),
+            bool(document.get("stopRequested")),
+        )
+
+
+@dataclass(slots=True)
 class Turn:
     """A user message and the reply it asks for, stored together."""
 
@@ -197,38 +214,28 @@ class MessageStore:
         )
         return None if document is None else Message.from_document(document)
 
-    async def has_unfinished_before(self, reply: Message) -> bool:
+    async def get_reply(self, message_id: str) -> "StoredReply | None":
+        document = await self.messages.find_one({"_id": message_id, "from": "assistant"})
+        return None if document is None else StoredReply.from_document(document)
+
+    async def has_unfinished_before(self, reply: "StoredReply") -> bool:
         """Whether an earlier reply in the conversation still has to finish first."""
         earlier = {
-            "conversationId": reply.conversation_id,
+            "conversationId": reply.message.conversation_id,
             "from": "assistant",
-            "order": {"$lt": await self._order_of(reply.id)},
+            "order": {"$lt": reply.order},
             "status": {"$in": UNFINISHED},
         }
         return await self.messages.count_documents(earlier, limit=1) > 0
 
-    async def history_before(self, reply: Message, limit: int) -> list[Message]:
+    async def history_before(self, reply: "StoredReply", limit: int) -> list[Message]:
         """The last `limit` messages before `reply`, oldest first."""
-        cursor = (
-            self.messages.find(
-                {
-                    "conversationId": reply.conversation_id,
-                    "order": {"$lt": await self._order_of(reply.id)},
-                }
-            )
-            .sort("order", -1)
-            .limit(limit)
-        )
+        before = {"conversationId": reply.message.conversation_id, "order": {"$lt": reply.order}}
+        cursor = self.messages.find(before).sort("order", -1).limit(limit)
         newest_first = [Message.from_document(document) async for document in cursor]
         return newest_first[::-1]
 
-    async def _order_of(self, message_id: str) -> int:
-        document = await self.messages.find_one({"_id": message_id}, {"order": 1})
-        if document is None:
-            raise LookupError(f"message {message_id} is not stored")
-        return int(document["order"])
-
-    async def claim_reply(self, message_id: str, lease: timedelta) -> Message | None:
+    async def claim_reply(self, message_id: str, lease: timedelta) -> "StoredReply | None":
         """Start a new attempt at a reply nobody holds, from an empty text; None if held.
 
         A reply is free while `created`, or `streaming` under a lease that ran out.
@@ -253,11 +260,7 @@ class MessageStore:
             },
             return_document=ReturnDocument.AFTER,
         )
-        return None if document is None else Message.from_document(document)
-
-    async def stop_requested(self, message_id: str) -> bool:
-        document = await self.messages.find_one({"_id": message_id}, {"stopRequested": 1})
-        return bool(document and document.get("stopRequested"))
+        return None if document is None else StoredReply.from_document(document)
 
     async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
         if message_ids:

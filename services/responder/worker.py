@@ -21,7 +21,7 @@ from services.responder.reply import Reply
 from shared.events import UPDATED, finished_event, message_event
 from shared.schemas import FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
-from shared.store import MessageStore
+from shared.store import MessageStore, StoredReply
 
 log = logging.getLogger(__name__)
 
@@ -123,39 +123,42 @@ class Worker:
         return Outcome.RETRY
 
     async def respond(self, request: ChatJob, job: Job) -> Outcome:
-        pending = await self.store.get_message(request.conversation_id, request.message_id)
-        if pending is None:
+        reply = await self.store.get_reply(request.message_id)
+        if reply is None:
             log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
             return Outcome.DONE
-        await self._wait_turn(pending)
+        await self._wait_turn(reply)
         for delay in poll_delays():
-            current = await self.store.get_message(request.conversation_id, request.message_id)
-            if current is None or current.status in FINISHED:
+            if reply is None or reply.message.status in FINISHED:
                 return Outcome.DONE  # a redelivery of a reply already finished
-            if current.attempt >= self.settings.reply_max_attempts:
-                await self._give_up(current, f"gave up after {current.attempt} attempts")
+            if reply.message.attempt >= self.settings.reply_max_attempts:
+                await self._give_up(
+                    reply.message, f"gave up after {reply.message.attempt} attempts"
+                )
                 return Outcome.DEAD
-            started = await self.store.claim_reply(current.id, self.lease)
-            if started is not None:
+            claimed = await self.store.claim_reply(request.message_id, self.lease)
+            if claimed is not None:
                 break
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
-        job.reply_id = started.id
-        await self.publisher.send(message_event(UPDATED, started))
-        await self._stream(Reply(started), job)
+            reply = await self.store.get_reply(request.message_id)
+        job.reply_id = claimed.message.id
+        await self.publisher.send(message_event(UPDATED, claimed.message))
+        await self._stream(claimed, job)
         return Outcome.DONE
 
-    async def _wait_turn(self, reply: Message) -> None:
+    async def _wait_turn(self, reply: StoredReply) -> None:
         """Replies in a conversation are written one at a time, in the order they were asked."""
         for delay in poll_delays():
             if not await self.store.has_unfinished_before(reply):
                 return
             await asyncio.sleep(delay)
 
-    async def _stream(self, reply: Reply, job: Job) -> None:
+    async def _stream(self, claimed: StoredReply, job: Job) -> None:
+        reply = Reply(claimed.message)
         status, error = Status.COMPLETED, None
-        job.stopping = job.stopping or await self.store.stop_requested(reply.id)
+        job.stopping = job.stopping or claimed.stop_requested
         if not job.stopping:
-            history = await self.store.history_before(reply.message, self.settings.context_messages)
+            history = await self.store.history_before(claimed, self.settings.context_messages)
             context = build_context(history, self.settings.system_prompt)
             job.generation = asyncio.create_task(self._generate(reply, context))
             try:
