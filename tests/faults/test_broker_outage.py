@@ -1,0 +1,280 @@
+"""RabbitMQ going away: restarted under streaming replies, and down when a message is posted.
+
+Both services must reconnect by themselves; WebSocket subscribers stay connected through it
+and still end with exactly the stored text; the outbox publishes what was posted meanwhile.
+Every test restarts the broker in `finally`, and the suite's safety net checks again.
+"""
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+
+from devstack.processes import Process
+from shared.schemas import ChatAccepted, Status
+from tests.faults.conftest import StackFactory
+from tests.faults.support import (
+    Expect,
+    FaultStack,
+    LiveSubscriber,
+    ResultBook,
+    audit,
+    clients,
+    rabbit_start_app,
+    rabbit_stop_app,
+    readiness_is,
+    settle,
+    until,
+)
+from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
+
+pytestmark = pytest.mark.faults
+
+REPLIES = 4
+TOKENS = 150
+DELAY_MS = 30
+RECOVERY_TIMEOUT = 90.0
+RECONNECT_FAILED = "Reconnecting after"
+
+
+@pytest.fixture(scope="module")
+def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
+    """Two APIs and two responders, a short lease: an outage outlasts it."""
+    with make_stack("broker", responders=2, apis=2, REPLY_LEASE_SECONDS="3") as running:
+        yield running
+
+
+async def stored_progress(api: ApiClient, turn: ChatAccepted) -> int:
+    """The reply's stored seq, or one more than any seq once it is completed."""
+    reply = await api.message(turn.conversation_id, turn.message_id)
+    return TOKENS + 1 if reply.status == Status.COMPLETED else reply.seq
+
+
+def reconnect_failures(process: Process) -> int:
+    """How many times the process logged a failed attempt to reconnect to the broker."""
+    return process.log_path.read_text(errors="replace").count(RECONNECT_FAILED)
+
+
+@dataclass
+class Restart:
+    """What the broker restart left behind, for the tests that judge it."""
+
+    reply_problems: list[str] = field(default_factory=list)
+    disconnected: list[str] = field(default_factory=list)
+    after_problems: list[str] = field(default_factory=list)
+    model_calls: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    grew_without_broker: dict[str, bool] = field(default_factory=dict)
+    endings: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+async def restart(stack: FaultStack, results: ResultBook) -> Restart:
+    """Stop the broker under streaming replies, until they grew without it; start it again."""
+    tally = results.new(f"RabbitMQ stop_app/start_app under {REPLIES} streaming replies")
+    started = time.monotonic()
+    outcome = Restart()
+    async with clients(stack) as (apis, mock), contextlib.AsyncExitStack() as exits:
+        turns = []
+        for index in range(REPLIES):
+            conversation_id = new_conversation_id()
+            text = prompt(f"outage-{index}", tokens=TOKENS, delay_ms=DELAY_MS)
+            subscribers = [
+                await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
+                for api in apis
+            ]
+            turns.append((conversation_id, text, subscribers))
+        accepted = [
+            await apis[index % 2].post_chat(text, conversation_id)
+            for index, (conversation_id, text, _) in enumerate(turns)
+        ]
+        for (_, _, subscribers), turn in zip(turns, accepted, strict=True):
+            await subscribers[0].streaming(turn.message_id, seq=3)
+        api = apis[0]
+        processes = [process for process, _ in stack.apis] + stack.live_responders()
+        noticed = {process.name: reconnect_failures(process) for process in processes}
+        stopped_at = time.monotonic()
+        try:
+            await asyncio.to_thread(rabbit_stop_app)
+            await readiness_is(apis, 503, 15)
+            # Keep the broker away until every service has noticed: each one has already
+            # failed to reconnect at least once.
+            await eventually(
+                lambda: all(reconnect_failures(p) > noticed[p.name] for p in processes),
+                30,
+                interval=0.2,
+                what="every service to fail reconnecting to the broker",
+            )
+            # Do the replies go on without the broker? They should keep growing in MongoDB.
+            seqs = {turn.message_id: await stored_progress(api, turn) for turn in accepted}
+            grown = dict.fromkeys(seqs, False)
+
+            async def all_grown() -> bool:
+                for turn in accepted:
+                    grown[turn.message_id] |= (
+                        await stored_progress(api, turn) > seqs[turn.message_id]
+                    )
+                return all(grown.values())
+
+            with contextlib.suppress(AssertionError):
+                await until(all_grown, 5, "the replies to grow")
+        finally:
+            await asyncio.to_thread(rabbit_start_app)
+        outage = time.monotonic() - stopped_at
+        outcome.grew_without_broker = grown
+        await readiness_is(apis, 200, RECOVERY_TIMEOUT)
+        for (conversation_id, text, subscribers), turn in zip(turns, accepted, strict=True):
+            problems = await settle(
+                api, conversation_id, turn.message_id, subscribers, RECOVERY_TIMEOUT
+            )
+            tally.trials += 1
+            problems += await audit(
+                api,
+                conversation_id,
+                [
+                    Expect(
+                        turn.message_id,
+                        statuses=(Status.COMPLETED, Status.FAILED),
+                        texts=tuple(expected_reply(text, TOKENS, attempt) for attempt in range(3)),
+                    )
+                ],
+                tally,
+                subscribers,
+            )
+            outcome.reply_problems += problems
+            asked = [(r["model"], r["attempt"]) for r in await mock.requests(text)]
+            outcome.model_calls[turn.message_id] = asked
+            final = await api.message(conversation_id, turn.message_id)
+            outcome.endings[turn.message_id] = (
+                f"{final.status} (attempt {final.attempt}, {len(asked)} model calls) {final.error}"
+            )
+        outcome.disconnected = [
+            f"subscriber of {s.conversation_id} disconnected with code {s.close_code}"
+            for _, _, subscribers in turns
+            for s in subscribers
+            if not s.connected
+        ]
+        # The services really recovered: a new message in each conversation is answered, and
+        # seen live by new subscribers on both APIs.
+        for conversation_id, _, _ in turns:
+            text = prompt("after-outage", tokens=5, delay_ms=5)
+            async with contextlib.AsyncExitStack() as fresh:
+                subscribers = [
+                    await fresh.enter_async_context(
+                        LiveSubscriber.open(client.ws_url, conversation_id)
+                    )
+                    for client in apis
+                ]
+                after = await api.post_chat(text, conversation_id)
+                problems = await settle(api, conversation_id, after.message_id, subscribers, 30)
+                problems += await audit(
+                    api,
+                    conversation_id,
+                    [Expect(after.message_id, texts=(expected_reply(text, 5),))],
+                    tally,
+                    subscribers,
+                )
+            outcome.after_problems += problems
+    tally.notes += outcome.reply_problems + outcome.disconnected + outcome.after_problems
+    tally.notes.append(f"broker down for about {outage:.1f}s (stop_app to start_app returning)")
+    tally.notes.append(f"replies grew in MongoDB while it was down: {outcome.grew_without_broker}")
+    tally.notes.append(f"replies ended: {outcome.endings}")
+    tally.seconds = round(time.monotonic() - started, 1)
+    results.save()
+    return outcome
+
+
+async def test_subscribers_stay_connected_through_the_broker_restart(restart: Restart) -> None:
+    """A broker outage is the server's business: WebSocket clients are not disconnected."""
+    assert not restart.disconnected, "\n".join(restart.disconnected)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUGS: the sweeper fails a reply just re-claimed by a new attempt (store.give_up "
+    "does not check the attempt or lease it judged abandoned; leases.end_abandoned works from "
+    "a list made before it blocked on publishing); the relay then forwards deltas after "
+    "message.failed (relay.Tail.extend ignores a finished status) or a final of an attempt "
+    "the subscriber never saw start; and every reply in flight fails (see the xfail below)",
+)
+async def test_replies_in_flight_end_once_with_the_stored_text_everywhere(
+    restart: Restart,
+) -> None:
+    """Each reply ends completed (or failed cleanly), once, with one attempt's exact text."""
+    assert not restart.reply_problems, "\n".join(restart.reply_problems)
+
+
+async def test_services_answer_new_messages_after_the_broker_restart(restart: Restart) -> None:
+    """Both services reconnected by themselves: new messages are answered and seen live."""
+    assert not restart.after_problems, "\n".join(restart.after_problems)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG aiormq cancels consumer callbacks when the channel closes, so Worker.handle "
+    "(services/responder/worker.py) is cancelled mid-reply on a broker blip: replies in flight "
+    "stop being written, and are failed by the sweeper (or restarted after their lease)",
+)
+async def test_replies_in_flight_go_on_through_a_broker_blip(restart: Restart) -> None:
+    """The responder writing a reply keeps writing it without the broker (Job's intent)."""
+    assert all(restart.grew_without_broker.values()), restart.grew_without_broker
+    done_once = {
+        reply: ending
+        for reply, ending in restart.endings.items()
+        if not ending.startswith("completed (attempt 1, 1 model calls)")
+    }
+    assert not done_once, f"replies not completed by their first attempt: {done_once}"
+
+
+async def test_post_while_the_broker_is_down_is_stored_and_answered_later(
+    stack: FaultStack, results: ResultBook
+) -> None:
+    """202 at once, both messages stored, and the outbox sends the job once the broker is back."""
+    tally = results.new("RabbitMQ down when POST /chat arrives")
+    started = time.monotonic()
+    async with clients(stack) as (apis, mock), contextlib.AsyncExitStack() as exits:
+        api = apis[0]
+        conversation_id = new_conversation_id()
+        text = prompt("outbox", tokens=20, delay_ms=10)
+        before = await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
+        subscribers = [before]
+        try:
+            await asyncio.to_thread(rabbit_stop_app)
+            await readiness_is([api], 503, 15)
+            posted = time.monotonic()
+            response = await api.http.post(
+                "/chat", json={"message": text, "conversationId": conversation_id}
+            )
+            post_seconds = time.monotonic() - posted
+            assert response.status_code == 202, response.text
+            reply_id = response.json()["messageId"]
+            stored = await api.conversation(conversation_id)
+            assert [(m.sender, m.status) for m in stored.messages] == [
+                ("user", Status.COMPLETED),
+                ("assistant", Status.CREATED),
+            ], stored
+            assert stored.messages[1].id == reply_id
+            subscribers.append(
+                await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
+            )
+        finally:
+            await asyncio.to_thread(rabbit_start_app)
+        await readiness_is([api], 200, RECOVERY_TIMEOUT)
+        problems = await settle(api, conversation_id, reply_id, subscribers, RECOVERY_TIMEOUT)
+        tally.trials += 1
+        problems += await audit(
+            api,
+            conversation_id,
+            [Expect(reply_id, texts=(expected_reply(text, 20),), model_calls=1, prompt=text)],
+            tally,
+            subscribers,
+            mock,
+        )
+    tally.notes.append(f"POST /chat answered in {post_seconds:.1f}s with the broker down")
+    tally.notes += problems
+    tally.seconds = round(time.monotonic() - started, 1)
+    results.save()
+    assert not problems, "\n".join(problems)
+    assert post_seconds < 5, f"POST /chat took {post_seconds:.1f}s while the broker was down"
