@@ -40,6 +40,16 @@ class CreationOrder:
 ORDER = CreationOrder()
 
 
+def free() -> dict[str, Any]:
+    """A reply nobody holds: not started, or `streaming` under a lease that ran out."""
+    return {
+        "$or": [
+            {"status": Status.CREATED.value},
+            {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now()}},
+        ]
+    }
+
+
 def new_id() -> str:
     """Short, unique and time-ordered: ids travel in every delta frame."""
     return str(ObjectId())
@@ -236,17 +246,11 @@ class MessageStore:
         return newest_first[::-1]
 
     async def claim_reply(self, message_id: str, lease: timedelta) -> "StoredReply | None":
-        """Start a new attempt at a reply nobody holds, from an empty text; None if held.
-
-        A reply is free while `created`, or `streaming` under a lease that ran out.
-        """
+        """Start a new attempt at a reply nobody holds, from an empty text; None if held."""
         document = await self.messages.find_one_and_update(
             {
                 "_id": message_id,
-                "$or": [
-                    {"status": Status.CREATED.value},
-                    {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now()}},
-                ],
+                **free(),
             },
             {
                 "$set": {
@@ -312,10 +316,14 @@ class MessageStore:
         )
         return None if document is None else Message.from_document(document)
 
-    async def give_up(self, message_id: str, error: str) -> Message | None:
-        """Fail an unfinished reply for good, keeping whatever text it has."""
+    async def give_up(self, reply: Message, error: str) -> Message | None:
+        """Fail a reply nobody holds for good, keeping whatever text it has.
+
+        Only the attempt the caller saw, and only while it is still free: a reply that was
+        taken over meanwhile is left to its new holder.
+        """
         document = await self.messages.find_one_and_update(
-            {"_id": message_id, "status": {"$in": UNFINISHED}},
+            {"_id": reply.id, "attempt": reply.attempt, **free()},
             {"$set": {"status": Status.FAILED.value, "error": error}},
             return_document=ReturnDocument.AFTER,
         )

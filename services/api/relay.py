@@ -28,9 +28,12 @@ from shared.store import MessageStore
 log = logging.getLogger(__name__)
 
 Version = tuple[int, int, int]
-"""(attempt, seq, status rank): rises with every change a client must see, retries included."""
+"""(attempt, finished, seq): rises with every change a client must see, retries included.
 
-RANK = {"created": 0, "streaming": 1, "completed": 2, "failed": 2}
+A finished state outranks any unfinished one of its attempt, even one with more deltas: a
+reply failed by another process carries MongoDB's text, which may lag the live stream.
+"""
+
 FINISHED_EVENT = {"completed": COMPLETED, "failed": FAILED}
 DELTA_FIELDS = ("type", "conversationId", "messageId", "seq", "delta")
 RETAIN_FINISHED_SECONDS = 60.0
@@ -39,7 +42,7 @@ REPAIR_GIVE_UP_SECONDS = 600.0
 
 
 def version_of(message: dict[str, Any]) -> Version:
-    return (message.get("attempt", 0), message["seq"], RANK[message["status"]])
+    return (message.get("attempt", 0), int(message["status"] in FINISHED_EVENT), message["seq"])
 
 
 def frame(event: dict[str, Any]) -> str:
@@ -75,17 +78,25 @@ class Tail:
         self.message["message"] = self.parts[0]
         return self.message
 
+    @property
+    def finished(self) -> bool:
+        return self.message["status"] in FINISHED_EVENT
+
     def extend(self, delta: dict[str, Any]) -> bool:
         """Apply the next delta; False if it does not follow on."""
         message = self.message
-        if delta["attempt"] != message["attempt"] or delta["seq"] != message["seq"] + 1:
+        if self.finished or delta["attempt"] != message["attempt"]:
+            return False
+        if delta["seq"] != message["seq"] + 1:
             return False
         self.parts.append(delta["delta"])
         message["seq"] = delta["seq"]
         return True
 
     def is_ahead(self, delta: dict[str, Any]) -> bool:
-        return (delta["attempt"], delta["seq"]) > (self.message["attempt"], self.message["seq"])
+        """Whether `delta` belongs after this state: never once the reply is finished."""
+        position = (self.message["attempt"], self.message["seq"])
+        return not self.finished and (delta["attempt"], delta["seq"]) > position
 
 
 class Subscription:
@@ -94,13 +105,13 @@ class Subscription:
         self.conversation_id = conversation_id
         self.queue: asyncio.Queue[tuple[str, Version, str]] = asyncio.Queue(capacity)
         self.floor: dict[str, Version] = {}
-        self.overflowed = False
+        self.overflowed = asyncio.Event()
 
     def push(self, message_id: str, version: Version, text: str) -> None:
         try:
             self.queue.put_nowait((message_id, version, text))
         except asyncio.QueueFull:
-            self.overflowed = True
+            self.overflowed.set()
 
     async def snapshot(self) -> str:
         """The conversation as stored, brought up to the live tail; sets the filter floor."""
@@ -122,7 +133,7 @@ class Subscription:
 
     async def __anext__(self) -> str:
         while True:
-            if self.overflowed:
+            if self.overflowed.is_set():
                 raise SlowSubscriber(f"fell more than {self.queue.maxsize} events behind")
             message_id, version, text = await self.queue.get()
             floor = self.floor.get(message_id)

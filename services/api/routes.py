@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, status
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
-from starlette.websockets import WebSocket, WebSocketDisconnect
+from starlette.websockets import WebSocket
 
 from services.api.connections import Connections
-from services.api.relay import SlowSubscriber, Subscription
+from services.api.relay import Subscription
 from services.api.turns import KeyTaken
 from shared.events import finished_event
 from shared.schemas import (
@@ -28,6 +28,7 @@ from shared.store import new_id
 CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 TRY_AGAIN_LATER = 1013
 STOP_WAIT_SECONDS = 5.0
+SLOW_CLIENT_CLOSE_SECONDS = 5.0
 
 
 async def get_connections(connection: HTTPConnection) -> Connections:
@@ -143,15 +144,29 @@ async def stream(websocket: WebSocket, conversation_id: str, backends: Backends)
     await websocket.accept()
     async with backends.hub.subscribe(conversation_id) as subscription:
         await websocket.send_text(await subscription.snapshot())
-        forwarding = asyncio.create_task(_forward(subscription, websocket))
-        closing = asyncio.create_task(_closed_by_client(websocket))
-        done, _ = await asyncio.wait({forwarding, closing}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (forwarding, closing):
+        tasks = {
+            asyncio.create_task(_forward(subscription, websocket)),
+            asyncio.create_task(_closed_by_client(websocket)),
+            asyncio.create_task(subscription.overflowed.wait()),
+        }
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, WebSocketDisconnect):
-                await task
-        if forwarding in done and isinstance(forwarding.exception(), SlowSubscriber):
-            await websocket.close(code=TRY_AGAIN_LATER, reason="too slow; reconnect for a snapshot")
+        await asyncio.gather(*tasks, return_exceptions=True)
+    if subscription.overflowed.is_set():
+        await _drop_slow_client(websocket, subscription)
+
+
+async def _drop_slow_client(websocket: WebSocket, subscription: Subscription) -> None:
+    """Tell a client that fell behind to reconnect for a fresh snapshot.
+
+    A client that reads nothing at all never takes the close frame; then the server just lets
+    go of it, and its socket closes once the kernel has handed over what is buffered.
+    """
+    reason = f"fell more than {subscription.queue.maxsize} events behind; reconnect"
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(SLOW_CLIENT_CLOSE_SECONDS):
+            await websocket.close(code=TRY_AGAIN_LATER, reason=reason)
 
 
 async def _forward(subscription: Subscription, websocket: WebSocket) -> None:

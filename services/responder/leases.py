@@ -33,9 +33,9 @@ async def end_abandoned(store: MessageStore, publisher: EventPublisher, lease: t
         await asyncio.sleep(lease.total_seconds() / 2)
         try:
             for reply in await store.abandoned(grace=lease):
-                failed = await store.give_up(reply.id, ABANDONED)
+                failed = await store.give_up(reply, ABANDONED)
                 if failed is not None:
                     log.warning("reply %s was abandoned; ended as failed", reply.id)
-                    await publisher.send(finished_event(failed))
+                    publisher.post(finished_event(failed))
         except Exception as error:
             log.warning("looking for abandoned replies failed: %s", error)

@@ -45,10 +45,14 @@ class EventPublisher:
         self._growing.pop(reply.id, None)
         self._seal(reply)
 
-    async def send(self, event: MessageEvent) -> None:
-        """Queue a whole-message event behind what came before it; return once published."""
+    def post(self, event: MessageEvent) -> None:
+        """Queue a whole-message event behind what came before it."""
         self._pending.append(event)
         self._wake.set()
+
+    async def send(self, event: MessageEvent) -> None:
+        """Queue a whole-message event, and return once it is published."""
+        self.post(event)
         await asyncio.shield(self._sent)
 
     def _seal(self, reply: Reply) -> None:

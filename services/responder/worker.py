@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import ChannelInvalidStateError
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
@@ -47,18 +48,27 @@ class Outcome(enum.Enum):
 
 @dataclass
 class Job:
-    """A reply this responder works on, and the latest delivery to settle for it.
+    """A reply this responder works on, and the delivery to settle for it.
 
-    After a broker reconnection the same job can be delivered again while it is still being
-    written here; the newer delivery then replaces the older one, whose channel is gone.
+    The reply runs in a task of the worker's own, not in the consumer callback: aiormq cancels
+    callbacks when their channel closes, and a broker blip must not stop a reply mid-stream.
+    After a reconnection the broker delivers the job again; that delivery then replaces the
+    one whose channel is gone.
     """
 
     delivery: AbstractIncomingMessage
     reply_id: str | None = None
+    task: asyncio.Task[None] | None = field(default=None, repr=False)
     generation: asyncio.Task[None] | None = None
     stopping: bool = False
     handing_back: bool = False
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+def settleable(delivery: AbstractIncomingMessage) -> bool:
+    try:
+        return delivery.channel is not None
+    except ChannelInvalidStateError:
+        return False
 
 
 class Worker:
@@ -83,7 +93,6 @@ class Worker:
         return [job.reply_id for job in self.jobs.values() if job.reply_id is not None]
 
     async def handle(self, delivery: AbstractIncomingMessage) -> None:
-        """Acknowledge only once the reply is finished in MongoDB, so a crash redelivers it."""
         try:
             request = ChatJob.model_validate_json(delivery.body)
         except ValidationError as error:
@@ -91,10 +100,16 @@ class Worker:
             await delivery.reject(requeue=False)
             return
         job = self.jobs.get(request.message_id)
-        if job is not None:
+        if job is None:
+            job = self.jobs[request.message_id] = Job(delivery)
+            job.task = asyncio.create_task(self._run(request, job))
+        elif settleable(job.delivery):
+            await delivery.ack()  # a duplicate, say from the outbox, of a job already in hand
+        else:
             job.delivery = delivery
-            return
-        job = self.jobs[request.message_id] = Job(delivery, task=asyncio.current_task())
+
+    async def _run(self, request: ChatJob, job: Job) -> None:
+        """Acknowledge only once the reply is finished in MongoDB, so a crash redelivers it."""
         try:
             outcome = await self.respond(request, job)
         except asyncio.CancelledError:
@@ -195,7 +210,7 @@ class Worker:
         return None
 
     async def _give_up(self, reply: Message, error: str) -> None:
-        failed = await self.store.give_up(reply.id, error)
+        failed = await self.store.give_up(reply, error)
         if failed is not None:
             await self.publisher.send(finished_event(failed))
 
