@@ -213,6 +213,10 @@ class Hub:
         """Make `message` the reply's state, tell clients, then apply the deltas that follow."""
         previous = self.tails.get(message["id"])
         tail = self.tails[message["id"]] = Tail(message)
+        if previous is not None and tail.finished and previous.is_ahead(message):
+            # Clients missed deltas before the final word: bring them up to it first, so
+            # the text they rebuilt equals the final one.
+            self._send(message, tail.version, {"type": UPDATED, "message": message})
         self._send(message, tail.version, {"type": kind, "message": message})
         if previous is not None:
             tail.repairing = previous.repairing

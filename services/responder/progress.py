@@ -23,7 +23,6 @@ class ProgressWriter:
         self._interval = interval
         self._dirty: dict[str, Reply] = {}
         self._wake = asyncio.Event()
-        self.writes = 0
 
     def mark(self, reply: Reply) -> None:
         self._dirty[reply.id] = reply
@@ -45,7 +44,6 @@ class ProgressWriter:
             replies, self._dirty = list(self._dirty.values()), {}
             try:
                 await self._store.save_progress([reply.progress() for reply in replies])
-                self.writes += len(replies)
             except Exception as error:  # MongoDB is away; keep the replies for the next round
                 log.warning("saving %d replies in progress failed: %s", len(replies), error)
                 for reply in replies:

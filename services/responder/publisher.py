@@ -23,6 +23,8 @@ from shared.tasks import background
 log = logging.getLogger(__name__)
 
 GIVE_UP_SECONDS = 300
+PUBLISH_TIMEOUT_SECONDS = 1.0
+"""A publish not confirmed by then is sent again; the API drops the duplicates by `seq`."""
 
 
 class EventPublisher:
@@ -33,7 +35,6 @@ class EventPublisher:
         self._growing: dict[str, Reply] = {}
         self._sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._wake = asyncio.Event()
-        self.batches = 0
 
     def token(self, reply: Reply, text: str) -> None:
         reply.append(text)
@@ -55,6 +56,11 @@ class EventPublisher:
         self.post(event)
         await asyncio.shield(self._sent)
 
+    def _seal_growing(self) -> None:
+        growing, self._growing = self._growing, {}
+        for reply in growing.values():
+            self._seal(reply)
+
     def _seal(self, reply: Reply) -> None:
         delta = reply.seal()
         if delta is not None:
@@ -70,9 +76,7 @@ class EventPublisher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            growing, self._growing = self._growing, {}
-            for reply in growing.values():
-                self._seal(reply)
+            self._seal_growing()
             batch, self._pending = self._pending, []
             sent, self._sent = self._sent, asyncio.get_running_loop().create_future()
             if batch:
@@ -90,8 +94,8 @@ class EventPublisher:
         try:
             async for attempt in retrying:
                 with attempt:
-                    await publish_events(self._exchange, body)
+                    self._seal_growing()  # while the broker is away, MongoDB still gets the text
+                    async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+                        await publish_events(self._exchange, body)
         except Exception:
             log.exception("dropped %d live events: the broker stayed away", len(batch))
-        else:
-            self.batches += 1

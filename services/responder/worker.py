@@ -146,13 +146,11 @@ class Worker:
         for delay in poll_delays():
             if reply is None or reply.message.status in FINISHED:
                 return Outcome.DONE  # a redelivery of a reply already finished
-            if reply.message.attempt >= self.settings.reply_max_attempts:
-                await self._give_up(
-                    reply.message, f"gave up after {reply.message.attempt} attempts"
-                )
-                return Outcome.DEAD
-            claimed = await self.store.claim_reply(request.message_id, self.lease)
-            if claimed is not None:
+            attempts = reply.message.attempt
+            if attempts >= self.settings.reply_max_attempts:
+                if await self._give_up(reply.message, f"gave up after {attempts} attempts"):
+                    return Outcome.DEAD
+            elif claimed := await self.store.claim_reply(request.message_id, self.lease):
                 break
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
             reply = await self.store.get_reply(request.message_id)
@@ -209,10 +207,12 @@ class Worker:
                 return await self.store.finish_reply(reply.progress(), status, error, stopped)
         return None
 
-    async def _give_up(self, reply: Message, error: str) -> None:
+    async def _give_up(self, reply: Message, error: str) -> bool:
+        """Fail the reply if nobody holds it; False if its lease has not run out yet."""
         failed = await self.store.give_up(reply, error)
         if failed is not None:
             await self.publisher.send(finished_event(failed))
+        return failed is not None
 
     def stop(self, message_id: str) -> None:
         """Stop generating a reply written here, keeping its text; other responders ignore it."""

@@ -188,7 +188,6 @@ async def clean_queues(stack: FaultStack, channel: AbstractChannel) -> AsyncIter
         await purge_leaked_jobs(stack, channel)
 
 
-@pytest.mark.xfail(strict=True, reason=LEAKED_DELIVERY)
 @pytest.mark.usefixtures("clean_queues")
 async def test_burst_of_duplicate_jobs_of_a_finished_reply_is_all_acked(
     stack: FaultStack, channel: AbstractChannel, results: ResultBook
@@ -214,7 +213,6 @@ async def test_burst_of_duplicate_jobs_of_a_finished_reply_is_all_acked(
         assert calls == 1, f"the model was asked {calls} times"
 
 
-@pytest.mark.xfail(strict=True, reason=LEAKED_DELIVERY)
 @pytest.mark.usefixtures("clean_queues")
 async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
     stack: FaultStack, channel: AbstractChannel, results: ResultBook

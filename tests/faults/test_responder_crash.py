@@ -205,11 +205,6 @@ async def test_reply_failing_on_every_attempt_ends_failed_and_dead_lettered(
     assert doomed.depths.get(CHAT_QUEUE) == (0, 0), doomed.depths
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG relay.Hub._receive_message drops a final event whose seq is below the live "
-    "tail's (give_up keeps MongoDB's older text): subscribers stay 'streaming' forever",
-)
 async def test_subscribers_see_the_reply_fail_with_the_stored_text(doomed: DoomedReply) -> None:
     """The failure reaches live and new subscribers with exactly the text GET shows."""
     assert not doomed.subscriber_problems, "\n".join(doomed.subscriber_problems)

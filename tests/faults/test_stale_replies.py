@@ -180,12 +180,6 @@ async def test_resumed_responder_leaves_the_failed_reply_alone(frozen: FrozenRep
     assert not frozen.events_after_final, frozen.events_after_final
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG relay.Hub._receive_message drops a final event whose seq is below the live "
-    "tail's (the sweeper fails the reply with MongoDB's older text): subscribers stay "
-    "'streaming' forever and new snapshots show it streaming too",
-)
 async def test_subscribers_see_the_frozen_reply_fail_with_the_stored_text(
     frozen: FrozenReply,
 ) -> None:

@@ -153,7 +153,7 @@ def test_analyse_run_checks_text_and_measures_lag_and_cost() -> None:
     usage = {"api": Usage(cpu_seconds=0.5, cpu_percent=50.0, peak_rss_mb=60.0)}
     amqp = AmqpCounts(messages=4, bytes=1000)
     result = analyse_run(load, [_conversation(frames)], [emission], usage, amqp, Writes(3, 5))
-    assert result.lag_ms.count == 5
+    assert result.lag_ms.count == result.steady_lag_ms.count == 5
     assert result.lag_ms.max == pytest.approx(12.0)
     assert result.lag_ms.p50 == pytest.approx(7.0)  # lags 12, 2, 12, 7, 2
     assert (result.lost, result.duplicated, result.mismatched_replies) == (0, 0, 0)
@@ -213,3 +213,24 @@ def test_busiest_second_finds_the_peak_cpu_rate() -> None:
     samples += [(2.0 + index / 10, 1.0 + index / 20) for index in range(1, 11)]
     assert _busiest_second(samples) == pytest.approx(100.0)
     assert _busiest_second(samples[:5]) == 0.0  # under a second of samples: no rate
+
+
+def test_a_reply_that_failed_upstream_counts_as_failed_not_lost() -> None:
+    failed = _message("apple river ", 1, "failed") | {"error": "model API timed out"}
+    frames = [
+        _frame(1.00, {"type": "snapshot", "conversationId": "c1", "messages": []}),
+        _frame(1.01, {"type": "message.updated", "message": _message("", 0, "streaming")}),
+        _frame(1.02, _delta(1, "apple river ")),
+        _frame(1.03, {"type": "message.failed", "message": failed}),
+    ]
+    emission = {
+        "key": "bench-x-000000 [mock]",
+        "attempt": 0,
+        "tokens": TOKENS,
+        "emitted": [1.0] * 5,
+    }
+    load = Load(conversations=1, tokens=5, delay_ms=10)
+    result = analyse_run(load, [_conversation(frames)], [emission], {}, None, None)
+    assert (result.lost, result.duplicated, result.mismatched_replies) == (0, 0, 0)
+    assert result.failed_conversations == 1
+    assert result.errors == ["reply failed: model API timed out"]
