@@ -2,6 +2,9 @@
 
 import contextlib
 import os
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +77,22 @@ def local_stack(
         )
     finally:
         stack.stop()
-        vhost.delete()
+        _delete(vhost)
+
+
+def _delete(vhost: Vhost, timeout: float = 60.0) -> None:
+    """Delete the run's vhost, waiting for the broker if someone has it stopped right now."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = subprocess.run(
+            ["rabbitmqctl", "-q", "delete_vhost", vhost.name], capture_output=True, text=True
+        )
+        if done.returncode == 0 or "does not exist" in done.stdout + done.stderr:
+            return
+        if time.monotonic() > deadline:
+            sys.stderr.write(f"could not delete RabbitMQ vhost {vhost.name}: {done.stderr}\n")
+            return
+        time.sleep(2.0)
 
 
 def running_stack(

@@ -47,7 +47,9 @@ def start_secantus(
         log_dir,
     ).start()
     process.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
-    return process, f"mongodb://127.0.0.1:{port}/?directConnection=true"
+    # SecantusDB serves each connection on a Python thread of its own: a small pool keeps
+    # them from queueing for its interpreter lock (measured by the benchmark).
+    return process, f"mongodb://127.0.0.1:{port}/?directConnection=true&maxPoolSize=8"
 
 
 def start_mock_model(

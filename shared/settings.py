@@ -27,7 +27,7 @@ class Settings(BaseSettings):
     reply_lease_seconds: float = Field(15.0, gt=0)
     reply_max_attempts: int = Field(3, ge=1)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
-    store_flush_seconds: float = Field(0.5, gt=0)
+    store_flush_seconds: float = Field(1.0, gt=0)
     subscriber_buffer: int = Field(4096, ge=16)
     startup_timeout_seconds: float = Field(10.0, gt=0)
 

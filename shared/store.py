@@ -41,13 +41,12 @@ ORDER = CreationOrder()
 
 
 def free() -> dict[str, Any]:
-    """A reply nobody holds: not started, or `streaming` under a lease that ran out."""
-    return {
-        "$or": [
-            {"status": Status.CREATED.value},
-            {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now()}},
-        ]
-    }
+    """A reply nobody holds: not started, or `streaming` under a lease that ran out.
+
+    Written without `$or`, and matched by `_id` with `update_one` rather than
+    `find_one_and_update`: SecantusDB scans the whole collection for either.
+    """
+    return {"status": {"$in": UNFINISHED}, "leaseUntil": {"$not": {"$gte": now()}}}
 
 
 def new_id() -> str:
@@ -245,26 +244,34 @@ class MessageStore:
         newest_first = [Message.from_document(document) async for document in cursor]
         return newest_first[::-1]
 
-    async def claim_reply(self, message_id: str, lease: timedelta) -> "StoredReply | None":
-        """Start a new attempt at a reply nobody holds, from an empty text; None if held."""
-        document = await self.messages.find_one_and_update(
-            {
-                "_id": message_id,
-                **free(),
-            },
+    async def claim_reply(self, reply: "StoredReply", lease: timedelta) -> "StoredReply | None":
+        """Start the next attempt at a reply nobody holds, from an empty text; None if held."""
+        attempt = reply.message.attempt
+        result = await self.messages.update_one(
+            {"_id": reply.message.id, "attempt": attempt, **free()},
             {
                 "$set": {
                     "status": Status.STREAMING.value,
                     "message": "",
                     "seq": 0,
+                    "attempt": attempt + 1,
                     "leaseUntil": now() + lease,
                 },
                 "$unset": {"error": ""},
-                "$inc": {"attempt": 1},
             },
-            return_document=ReturnDocument.AFTER,
         )
-        return None if document is None else StoredReply.from_document(document)
+        if result.modified_count != 1:
+            return None
+        started = reply.message.model_copy(
+            update={
+                "status": Status.STREAMING,
+                "message": "",
+                "seq": 0,
+                "attempt": attempt + 1,
+                "error": None,
+            }
+        )
+        return StoredReply(started, reply.order, reply.stop_requested)
 
     async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
         if message_ids:
@@ -295,26 +302,30 @@ class MessageStore:
 
     async def finish_reply(
         self,
+        reply: Message,
         progress: Progress,
         status: Status,
         error: str | None = None,
         stopped: bool = False,
     ) -> Message | None:
         """End an attempt; None if another attempt took the reply over meanwhile."""
-        fields: dict[str, Any] = {
-            "status": status.value,
-            "message": progress.text,
-            "seq": progress.seq,
-            "stopped": stopped,
-        }
-        if error is not None:
-            fields["error"] = error
-        document = await self.messages.find_one_and_update(
+        finished = reply.model_copy(
+            update={
+                "status": status,
+                "message": progress.text,
+                "seq": progress.seq,
+                "error": error,
+                "stopped": stopped,
+            }
+        )
+        fields = finished.model_dump(
+            include={"status", "message", "seq", "error", "stopped"}, mode="json"
+        )
+        result = await self.messages.update_one(
             {"_id": progress.message_id, "attempt": progress.attempt, "status": "streaming"},
             {"$set": fields},
-            return_document=ReturnDocument.AFTER,
         )
-        return None if document is None else Message.from_document(document)
+        return finished if result.modified_count == 1 else None
 
     async def give_up(self, reply: Message, error: str) -> Message | None:
         """Fail a reply nobody holds for good, keeping whatever text it has.
@@ -322,12 +333,13 @@ class MessageStore:
         Only the attempt the caller saw, and only while it is still free: a reply that was
         taken over meanwhile is left to its new holder.
         """
-        document = await self.messages.find_one_and_update(
+        result = await self.messages.update_one(
             {"_id": reply.id, "attempt": reply.attempt, **free()},
             {"$set": {"status": Status.FAILED.value, "error": error}},
-            return_document=ReturnDocument.AFTER,
         )
-        return None if document is None else Message.from_document(document)
+        if result.modified_count != 1:
+            return None
+        return await self.get_message(reply.conversation_id, reply.id)
 
     async def abandoned(self, grace: timedelta, limit: int = 100) -> list[Message]:
         """Replies still `streaming` long after their lease ran out: nobody took them over."""

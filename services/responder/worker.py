@@ -150,12 +150,12 @@ class Worker:
             if attempts >= self.settings.reply_max_attempts:
                 if await self._give_up(reply.message, f"gave up after {attempts} attempts"):
                     return Outcome.DEAD
-            elif claimed := await self.store.claim_reply(request.message_id, self.lease):
+            elif claimed := await self.store.claim_reply(reply, self.lease):
                 break
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
             reply = await self.store.get_reply(request.message_id)
         job.reply_id = claimed.message.id
-        await self.publisher.send(message_event(UPDATED, claimed.message))
+        self.publisher.post(message_event(UPDATED, claimed.message))
         await self._stream(claimed, job)
         return Outcome.DONE
 
@@ -204,7 +204,9 @@ class Worker:
         )
         async for attempt in retrying:
             with attempt:
-                return await self.store.finish_reply(reply.progress(), status, error, stopped)
+                return await self.store.finish_reply(
+                    reply.message, reply.progress(), status, error, stopped
+                )
         return None
 
     async def _give_up(self, reply: Message, error: str) -> bool:
