@@ -17,8 +17,8 @@ async def serve(settings: Settings) -> None:
         port=settings.api_port,
         http="httptools",
         ws="websockets-sansio",
-        ws_ping_interval=20.0,
-        ws_ping_timeout=20.0,
+        ws_ping_interval=settings.ws_ping_seconds,
+        ws_ping_timeout=settings.ws_ping_seconds,
         access_log=False,
         log_level="info",
     )

@@ -44,12 +44,14 @@ DELAY_MS = 0.5
 TRY_AGAIN_LATER = 1013
 SMALL_MSS = 536
 DROP_TIMEOUT = 5.0
+PING_SECONDS = 1.0
 
 
 @pytest.fixture(scope="module")
 def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
     """A tiny per-subscriber buffer, so falling behind is quick to provoke."""
-    with make_stack("slow", responders=1, apis=1, SUBSCRIBER_BUFFER=str(BUFFER)) as running:
+    settings = {"SUBSCRIBER_BUFFER": str(BUFFER), "WS_PING_SECONDS": str(PING_SECONDS)}
+    with make_stack("slow", responders=1, apis=1, **settings) as running:
         yield running
 
 
@@ -79,6 +81,21 @@ class StalledClient:
             chunk = self.sock.recv(512)
             assert chunk, "the server closed during the handshake"
             self._feed(chunk)
+
+    def wait_for_ping(self, timeout: float) -> bool:
+        """Read until the server pings, answering as a client library would."""
+        self.sock.settimeout(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = self.sock.recv(512)
+            if not chunk:
+                return False
+            self.protocol.receive_data(chunk)
+            events = self.protocol.events_received()
+            self._flush()
+            if any(isinstance(event, Frame) and event.opcode is Opcode.PING for event in events):
+                return True
+        return False
 
     def read_to_the_end(self, timeout: float) -> None:
         """Read everything the server sent, until it closes or `timeout` passes."""
@@ -254,3 +271,16 @@ async def test_reply_is_unaffected_by_the_slow_client(stack: FaultStack) -> None
         async with LiveSubscriber.open(api.ws_url, accepted.conversation_id) as subscriber:
             seen = subscriber.get(accepted.message_id)
             assert seen is not None and seen.message == reply.message
+
+
+async def test_idle_sockets_are_pinged(stack: FaultStack) -> None:
+    """The server pings every WS_PING_SECONDS, so proxies keep an idle subscription open."""
+    (_, api_url) = stack.apis[0]
+    port = int(api_url.rsplit(":", 1)[1])
+    ws_url = api_url.replace("http://", "ws://")
+    idle = StalledClient(f"{ws_url}/conversations/{new_conversation_id()}/stream", port)
+    try:
+        await asyncio.to_thread(idle.handshake)
+        assert await asyncio.to_thread(idle.wait_for_ping, 5 * PING_SECONDS)
+    finally:
+        idle.close()
