@@ -3,7 +3,7 @@
 Every frame is checked against the contract's guarantee as it arrives, so any test that
 subscribes also proves it: frames belong to the subscribed conversation, deltas continue from
 the snapshot's `seq` with no gap and no duplicate, and the rebuilt text equals the text of
-`message.completed` / `message.failed`.
+`message.completed` (a `message.failed` may replace it with the stored text so far).
 """
 
 import asyncio
@@ -15,10 +15,10 @@ from typing import Any, Self
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
+from shared.events import MESSAGE_EVENTS
 from shared.schemas import FINISHED, Message, Status
 
 DEFAULT_TIMEOUT = 20.0
-MESSAGE_EVENTS = ("message.created", "message.updated", "message.completed", "message.failed")
 
 
 class Rebuilder:
