@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_SECONDS = 2.0
 OUTBOX_POLL_SECONDS = 2.0
+MARK_INTERVAL_SECONDS = 1.0
+"""Marks go out at most this often, one write for all: well within the outbox's grace."""
 OUTBOX_GRACE = timedelta(seconds=5)
 """How long a fresh turn is left to the request that stored it before the outbox steps in."""
 
@@ -119,6 +121,7 @@ class Turns:
                 await self.store.mark_published(reply_ids)
             except Exception as error:  # the outbox will publish them again, harmlessly
                 log.warning("marking %d replies published failed: %s", len(reply_ids), error)
+            await asyncio.sleep(MARK_INTERVAL_SECONDS)
 
     async def _relay(self) -> None:
         """Publish the turns that were stored while the broker was away."""

@@ -142,7 +142,7 @@ class Worker:
         if reply is None:
             log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
             return Outcome.DONE
-        await self._wait_turn(reply)
+        history = await self._wait_turn(reply)
         for delay in poll_delays():
             if reply is None or reply.message.status in FINISHED:
                 return Outcome.DONE  # a redelivery of a reply already finished
@@ -156,22 +156,32 @@ class Worker:
             reply = await self.store.get_reply(request.message_id)
         job.reply_id = claimed.message.id
         self.publisher.post(message_event(UPDATED, claimed.message))
-        await self._stream(claimed, job)
+        await self._stream(claimed, history, job)
         return Outcome.DONE
 
-    async def _wait_turn(self, reply: StoredReply) -> None:
-        """Replies in a conversation are written one at a time, in the order they were asked."""
-        for delay in poll_delays():
-            if not await self.store.has_unfinished_before(reply):
-                return
-            await asyncio.sleep(delay)
+    async def _wait_turn(self, reply: StoredReply) -> list[Message]:
+        """Replies in a conversation are written one at a time, in the order they were asked.
 
-    async def _stream(self, claimed: StoredReply, job: Job) -> None:
+        Returns the history the reply answers, read once every earlier reply has finished. An
+        unfinished one almost always shows in that read itself; only a full window needs a
+        second look further back.
+        """
+        limit = self.settings.context_messages
+        for delay in poll_delays():
+            history = await self.store.history_before(reply, limit)
+            waiting = any(message.status not in FINISHED for message in history)
+            if not waiting and len(history) == limit:
+                waiting = await self.store.has_unfinished_before(reply)
+            if not waiting:
+                return history
+            await asyncio.sleep(delay)
+        raise AssertionError("unreachable: poll_delays never ends")
+
+    async def _stream(self, claimed: StoredReply, history: list[Message], job: Job) -> None:
         reply = Reply(claimed.message)
         status, error = Status.COMPLETED, None
         job.stopping = job.stopping or claimed.stop_requested
         if not job.stopping:
-            history = await self.store.history_before(claimed, self.settings.context_messages)
             context = build_context(history, self.settings.system_prompt)
             job.generation = asyncio.create_task(self._generate(reply, context))
             try:

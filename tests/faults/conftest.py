@@ -5,7 +5,7 @@ restarts it in `finally`, and `rabbit_safety_net` checks once more at session te
 """
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ import pytest
 from tests.faults.support import (
     FaultStack,
     ResultBook,
+    StackFactory,
     ensure_rabbit_running,
     fault_stack,
     rabbit_running,
@@ -22,8 +23,6 @@ LOG_TAIL_LINES = 25
 
 _stack_dirs: dict[str, list[Path]] = {}
 _book = ResultBook()
-
-StackFactory = Callable[..., contextlib.AbstractContextManager[FaultStack]]
 
 
 @pytest.fixture(scope="session", autouse=True)

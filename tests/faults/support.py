@@ -25,14 +25,15 @@ from typing import Any, Self, cast
 
 import httpx
 import orjson
+import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from devstack.processes import Process, free_port, port_open, wait_for
 from devstack.stack import Stack, start_mock_model, start_secantus
-from shared.schemas import FINISHED, Message, Status
+from shared.schemas import FINISHED, ChatAccepted, Message, Status
 from tests.clients import Rebuilder
-from tests.helpers import ApiClient, MockClient, eventually
+from tests.helpers import ApiClient, MockClient, eventually, expected_reply, new_conversation_id
 from tests.infra import Broker, rabbitmq, service_env
 
 RESULTS_PATH = Path(os.environ.get("FAULT_RESULTS", "/tmp/fault-results.json"))
@@ -40,6 +41,9 @@ RABBIT_TIMEOUT = 120.0
 UNFINISHED = (Status.CREATED, Status.STREAMING)
 SUBSCRIBER_LAG = 10.0
 """How long after GET shows a reply finished its subscribers may still be waiting for it."""
+
+StackFactory = Callable[..., contextlib.AbstractContextManager["FaultStack"]]
+"""The `make_stack` fixture of conftest.py: `make_stack(name, **options)` starts a FaultStack."""
 
 
 # --- the broker ------------------------------------------------------------------------------
@@ -245,6 +249,18 @@ def fault_stack(
                 stack.stop()
 
 
+def stack_fixture(name: str, doc: str, **options: object) -> Any:
+    """The module-scoped `stack` fixture of a fault module: `make_stack(name, **options)`."""
+
+    @pytest.fixture(scope="module")
+    def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
+        with make_stack(name, **options) as running:
+            yield running
+
+    stack.__doc__ = doc
+    return stack
+
+
 # --- clients ---------------------------------------------------------------------------------
 
 
@@ -273,6 +289,13 @@ async def clients(stack: FaultStack) -> AsyncIterator[tuple[list[ApiClient], Moc
             httpx.AsyncClient(base_url=stack.mock_url, timeout=10.0)
         )
         yield apis, MockProbe(mock_http)
+
+
+@contextlib.asynccontextmanager
+async def new_conversation(stack: FaultStack) -> AsyncIterator[tuple[ApiClient, MockProbe, str]]:
+    """The first API's client, the mock's, and a fresh conversation id: one test's setting."""
+    async with clients(stack) as (apis, mock):
+        yield apis[0], mock, new_conversation_id()
 
 
 class LiveSubscriber(Rebuilder):
@@ -388,6 +411,15 @@ class LiveSubscriber(Rebuilder):
             if event["type"] in ("message.completed", "message.failed")
         ]
         return events[finals[0] + 1 :] if finals else []
+
+
+@contextlib.asynccontextmanager
+async def watched_post(
+    api: ApiClient, conversation_id: str, text: str
+) -> AsyncIterator[tuple[LiveSubscriber, ChatAccepted]]:
+    """Subscribe to the conversation (snapshot received), then POST `text` to it."""
+    async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
+        yield subscriber, await api.post_chat(text, conversation_id)
 
 
 async def until(
@@ -576,3 +608,37 @@ async def audit(
                 tally.subscriber_mismatches += 1
                 problems.append(f"subscriber rebuilt {seen!r} but GET has {reply!r} for {reply.id}")
     return problems
+
+
+def whole_reply(
+    reply_id: str, text: str, tokens: int, attempt: int = 0, model_calls: int = 1
+) -> Expect:
+    """The reply completed with one attempt's whole text, the model asked `model_calls` times."""
+    return Expect(
+        reply_id,
+        texts=(expected_reply(text, tokens, attempt),),
+        model_calls=model_calls,
+        prompt=text,
+    )
+
+
+async def settle_and_audit(
+    api: ApiClient,
+    conversation_id: str,
+    expect: Expect,
+    tally: Tally,
+    subscribers: list[LiveSubscriber] = (),  # type: ignore[assignment]
+    mock: MockProbe | None = None,
+    timeout: float = 30.0,
+) -> list[str]:
+    """One trial: `settle` the reply, count the trial, then `audit` it; all problems found."""
+    problems = await settle(api, conversation_id, expect.reply_id, subscribers, timeout)
+    tally.trials += 1
+    problems += await audit(api, conversation_id, [expect], tally, subscribers, mock)
+    return problems
+
+
+def save_tally(results: ResultBook, tally: Tally, seconds: float) -> None:
+    """Record how long the fault took (to 0.1 s) and rewrite the results file."""
+    tally.seconds = round(seconds, 1)
+    results.save()

@@ -8,14 +8,12 @@ Every test restarts the broker in `finally`, and the suite's safety net checks a
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
 
 from devstack.processes import Process
 from shared.schemas import ChatAccepted, Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
@@ -26,8 +24,12 @@ from tests.faults.support import (
     rabbit_start_app,
     rabbit_stop_app,
     readiness_is,
+    save_tally,
     settle,
+    settle_and_audit,
+    stack_fixture,
     until,
+    whole_reply,
 )
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 
@@ -39,12 +41,13 @@ DELAY_MS = 30
 RECOVERY_TIMEOUT = 90.0
 RECONNECT_FAILED = "Reconnecting after"
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """Two APIs and two responders, a short lease: an outage outlasts it."""
-    with make_stack("broker", responders=2, apis=2, REPLY_LEASE_SECONDS="3") as running:
-        yield running
+stack = stack_fixture(
+    "broker",
+    "Two APIs and two responders, a short lease: an outage outlasts it.",
+    responders=2,
+    apis=2,
+    REPLY_LEASE_SECONDS="3",
+)
 
 
 async def stored_progress(api: ApiClient, turn: ChatAccepted) -> int:
@@ -126,22 +129,17 @@ async def restart(stack: FaultStack, results: ResultBook) -> Restart:
         outcome.grew_without_broker = grown
         await readiness_is(apis, 200, RECOVERY_TIMEOUT)
         for (conversation_id, text, subscribers), turn in zip(turns, accepted, strict=True):
-            problems = await settle(
-                api, conversation_id, turn.message_id, subscribers, RECOVERY_TIMEOUT
-            )
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        turn.message_id,
-                        statuses=(Status.COMPLETED, Status.FAILED),
-                        texts=tuple(expected_reply(text, TOKENS, attempt) for attempt in range(3)),
-                    )
-                ],
+                Expect(
+                    turn.message_id,
+                    statuses=(Status.COMPLETED, Status.FAILED),
+                    texts=tuple(expected_reply(text, TOKENS, attempt) for attempt in range(3)),
+                ),
                 tally,
                 subscribers,
+                timeout=RECOVERY_TIMEOUT,
             )
             outcome.reply_problems += problems
             asked = [(r["model"], r["attempt"]) for r in await mock.requests(text)]
@@ -181,8 +179,7 @@ async def restart(stack: FaultStack, results: ResultBook) -> Restart:
     tally.notes.append(f"broker down for about {outage:.1f}s (stop_app to start_app returning)")
     tally.notes.append(f"replies grew in MongoDB while it was down: {outcome.grew_without_broker}")
     tally.notes.append(f"replies ended: {outcome.endings}")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     return outcome
 
 
@@ -248,19 +245,17 @@ async def test_post_while_the_broker_is_down_is_stored_and_answered_later(
         finally:
             await asyncio.to_thread(rabbit_start_app)
         await readiness_is([api], 200, RECOVERY_TIMEOUT)
-        problems = await settle(api, conversation_id, reply_id, subscribers, RECOVERY_TIMEOUT)
-        tally.trials += 1
-        problems += await audit(
+        problems = await settle_and_audit(
             api,
             conversation_id,
-            [Expect(reply_id, texts=(expected_reply(text, 20),), model_calls=1, prompt=text)],
+            whole_reply(reply_id, text, 20),
             tally,
             subscribers,
             mock,
+            timeout=RECOVERY_TIMEOUT,
         )
     tally.notes.append(f"POST /chat answered in {post_seconds:.1f}s with the broker down")
     tally.notes += problems
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
     assert post_seconds < 5, f"POST /chat took {post_seconds:.1f}s while the broker was down"

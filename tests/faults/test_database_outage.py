@@ -6,21 +6,22 @@ the outage is still there after it, and what was refused during it is provably a
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from shared.schemas import Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
-    LiveSubscriber,
     ResultBook,
     audit,
     clients,
+    new_conversation,
     readiness_is,
-    settle,
+    save_tally,
+    settle_and_audit,
+    stack_fixture,
+    watched_post,
 )
 from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
 
@@ -30,17 +31,13 @@ DB_TIMEOUT = 3.0
 RECOVERY_TIMEOUT = 60.0
 RENEWAL_FAILED = "renewing leases failed"
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """STARTUP_TIMEOUT_SECONDS is also the driver's server-selection timeout: keep it short."""
-    with make_stack(
-        "mongo",
-        responders=1,
-        REPLY_LEASE_SECONDS="2",
-        STARTUP_TIMEOUT_SECONDS=str(DB_TIMEOUT),
-    ) as running:
-        yield running
+stack = stack_fixture(
+    "mongo",
+    "STARTUP_TIMEOUT_SECONDS is also the driver's server-selection timeout: keep it short.",
+    responders=1,
+    REPLY_LEASE_SECONDS="2",
+    STARTUP_TIMEOUT_SECONDS=str(DB_TIMEOUT),
+)
 
 
 async def test_post_while_mongodb_is_down_is_refused_and_nothing_is_stored(
@@ -87,8 +84,7 @@ async def test_post_while_mongodb_is_down_is_refused_and_nothing_is_stored(
         )
         refused_status = await api.conversation_status(refused_id)
     tally.notes.append(f"POST /chat answered {response.status_code} in {post_seconds:.1f}s")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert response.status_code == 503, response.text
     assert response.headers["content-type"].startswith("application/json")
     assert "database" in response.json()["detail"]
@@ -107,12 +103,9 @@ async def test_reply_in_flight_survives_a_mongodb_outage(
     """
     tally = results.new("MongoDB down under a streaming reply")
     started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("db-outage", tokens=200, delay_ms=30)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             await subscriber.streaming(accepted.message_id, seq=3)
             holder = stack.live_responders()[0]
             renewals_failed = holder.log_path.read_text().count(RENEWAL_FAILED)
@@ -131,21 +124,16 @@ async def test_reply_in_flight_survives_a_mongodb_outage(
             finally:
                 await asyncio.to_thread(stack.start_mongo)
             await readiness_is([api], 200, RECOVERY_TIMEOUT)
-            problems = await settle(
-                api, conversation_id, accepted.message_id, [subscriber], RECOVERY_TIMEOUT
-            )
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        accepted.message_id,
-                        texts=tuple(expected_reply(text, 200, attempt) for attempt in range(3)),
-                    )
-                ],
+                Expect(
+                    accepted.message_id,
+                    texts=tuple(expected_reply(text, 200, attempt) for attempt in range(3)),
+                ),
                 tally,
                 [subscriber],
+                timeout=RECOVERY_TIMEOUT,
             )
             stored = await api.message(conversation_id, accepted.message_id)
             calls = len(await mock.requests(text))
@@ -153,7 +141,6 @@ async def test_reply_in_flight_survives_a_mongodb_outage(
         f"ended {stored.status} (attempt {stored.attempt}, {calls} model calls): {stored.error}"
     )
     tally.notes += problems
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert stored.status == Status.COMPLETED, stored
     assert not problems, "\n".join(problems)

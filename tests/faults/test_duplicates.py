@@ -7,7 +7,7 @@ model twice or create a second reply.
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import aio_pika
 import pytest
@@ -15,7 +15,6 @@ from aio_pika.abc import AbstractChannel
 
 from shared.broker import CHAT_QUEUE, DEAD_LETTER_QUEUE, publish_job
 from shared.schemas import ChatAccepted, ChatJob, Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
@@ -23,20 +22,26 @@ from tests.faults.support import (
     ResultBook,
     audit,
     clients,
+    new_conversation,
     queue_depths,
-    settle,
+    save_tally,
+    settle_and_audit,
+    stack_fixture,
     unique,
+    watched_post,
+    whole_reply,
 )
-from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
+from tests.helpers import ApiClient, eventually, new_conversation_id, prompt
 
 pytestmark = pytest.mark.faults
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """One responder, so a duplicate job of a reply in flight reaches the responder writing it."""
-    with make_stack("dup", responders=1, apis=2, REPLY_LEASE_SECONDS="2") as running:
-        yield running
+stack = stack_fixture(
+    "dup",
+    "One responder, so a duplicate job of a reply in flight reaches the responder writing it.",
+    responders=1,
+    apis=2,
+    REPLY_LEASE_SECONDS="2",
+)
 
 
 @pytest.fixture
@@ -74,9 +79,7 @@ async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
     """A job for a completed or failed reply changes nothing and is acknowledged."""
     tally = results.new("duplicate job of a finished reply")
     started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         done_text = prompt("done", tokens=10, delay_ms=5)
         failed_text = prompt("broken", status=500)
         async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
@@ -117,8 +120,7 @@ async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
             if now_calls != count:
                 tally.duplicates += now_calls - count
                 problems.append(f"the model was asked {now_calls - count} more times for {text}")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
 
 
@@ -223,27 +225,15 @@ async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
     """
     tally = results.new("duplicate job of a reply in flight")
     started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("inflight", tokens=60, delay_ms=30)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             await subscriber.streaming(accepted.message_id, seq=3)
             await publish_job(channel, job_of(accepted))
-            problems = await settle(api, conversation_id, accepted.message_id, [subscriber])
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        accepted.message_id,
-                        texts=(expected_reply(text, 60),),
-                        model_calls=1,
-                        prompt=text,
-                    )
-                ],
+                whole_reply(accepted.message_id, text, 60),
                 tally,
                 [subscriber],
                 mock,
@@ -253,8 +243,7 @@ async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
     except AssertionError as error:
         problems.append(f"after the reply completed: {error}")
     tally.notes += problems
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
 
 
@@ -290,8 +279,7 @@ async def test_retried_post_with_the_same_idempotency_key_gets_one_reply(
             tally,
             mock=mock,
         )
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
 
 
@@ -329,6 +317,5 @@ async def test_concurrent_posts_with_the_same_idempotency_key_get_one_reply(
             accepted.message_id,
         ]:
             problems.append(f"the conversation holds {stored.messages}")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)

@@ -7,7 +7,6 @@ two attempts, or kept the dead attempt's text, cannot pass for the right one.
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aio_pika
@@ -16,7 +15,6 @@ import pytest
 from devstack.processes import Process
 from shared.broker import CHAT_QUEUE, DEAD_LETTER_QUEUE
 from shared.schemas import ChatJob, Message, Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
@@ -24,8 +22,13 @@ from tests.faults.support import (
     ResultBook,
     audit,
     clients,
+    new_conversation,
     queue_depths,
+    save_tally,
     settle,
+    settle_and_audit,
+    stack_fixture,
+    watched_post,
 )
 from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
 
@@ -36,20 +39,16 @@ TOKENS = 80
 DELAY_MS = 30
 MAX_ATTEMPTS = 2
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
+stack = stack_fixture(
+    "crash",
     """Short lease and two attempts at most; slow progress writes (STORE_FLUSH_SECONDS=2) make
-    MongoDB's copy of a reply lag its live stream, as it may at any flush interval."""
-    with make_stack(
-        "crash",
-        responders=3,
-        REPLY_LEASE_SECONDS="2",
-        REPLY_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
-        SHUTDOWN_GRACE_SECONDS="1",
-        STORE_FLUSH_SECONDS="2",
-    ) as running:
-        yield running
+    MongoDB's copy of a reply lag its live stream, as it may at any flush interval.""",
+    responders=3,
+    REPLY_LEASE_SECONDS="2",
+    REPLY_MAX_ATTEMPTS=str(MAX_ATTEMPTS),
+    SHUTDOWN_GRACE_SECONDS="1",
+    STORE_FLUSH_SECONDS="2",
+)
 
 
 async def keep_responders(stack: FaultStack, count: int) -> None:
@@ -71,8 +70,7 @@ async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
             await keep_responders(stack, 2)
             conversation_id = new_conversation_id()
             text = prompt(f"crash-{trial}", tokens=TOKENS, delay_ms=DELAY_MS)
-            async with LiveSubscriber.open(api.ws_url, conversation_id) as early:
-                accepted = await api.post_chat(text, conversation_id)
+            async with watched_post(api, conversation_id, text) as (early, accepted):
                 reply_id = accepted.message_id
                 first = await early.streaming(reply_id, seq=5)
                 asked = await mock.models_asked(text)
@@ -106,8 +104,7 @@ async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
                 stored = await api.message(conversation_id, reply_id)
                 if stored.message == expected_reply(text, TOKENS, attempt=0):
                     problems.append(f"trial {trial}: the reply kept the killed attempt's text")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
 
 
@@ -130,12 +127,9 @@ async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
     tally = results.new(f"responder SIGKILL on every attempt (max {MAX_ATTEMPTS})")
     started = time.monotonic()
     await keep_responders(stack, 3)
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("doomed", tokens=400, delay_ms=DELAY_MS)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             reply_id = accepted.message_id
             killed: list[Process] = []
             for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -152,12 +146,10 @@ async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
                 assert holder not in killed, "a killed responder answered"
                 holder.kill()
                 killed.append(holder)
-            problems = await settle(api, conversation_id, reply_id, [subscriber])
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [Expect(reply_id, statuses=(Status.FAILED,), model_calls=2, prompt=text)],
+                Expect(reply_id, statuses=(Status.FAILED,), model_calls=2, prompt=text),
                 tally,
                 [subscriber],
                 mock,
@@ -184,9 +176,8 @@ async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
                 letters.append(ChatJob.model_validate_json(letter.body))
                 await letter.ack()
         calls = len(await mock.requests(text))
-    tally.seconds = round(time.monotonic() - started, 1)
     tally.notes += problems
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     return DoomedReply(text, stored, problems, letters, depths, calls, late_snapshot)
 
 

@@ -8,23 +8,23 @@ restart), and a client that reconnects elsewhere carries on from a fresh snapsho
 import asyncio
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from devstack.processes import Process
 from shared.schemas import Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
-    Expect,
     FaultStack,
     LiveSubscriber,
     ResultBook,
-    audit,
-    clients,
-    settle,
+    new_conversation,
+    save_tally,
+    settle_and_audit,
+    stack_fixture,
+    watched_post,
+    whole_reply,
 )
-from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
+from tests.helpers import eventually, prompt
 
 pytestmark = pytest.mark.faults
 
@@ -32,12 +32,13 @@ LEASE = 2.0
 DELAY_MS = 30
 SERVICE_RESTART = 1012
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """No responder at first: each test starts the ones it needs, with their grace."""
-    with make_stack("shutdown", responders=0, apis=1, REPLY_LEASE_SECONDS=str(LEASE)) as running:
-        yield running
+stack = stack_fixture(
+    "shutdown",
+    "No responder at first: each test starts the ones it needs, with their grace.",
+    responders=0,
+    apis=1,
+    REPLY_LEASE_SECONDS=str(LEASE),
+)
 
 
 async def only_responders(stack: FaultStack, *graces: float) -> list[Process]:
@@ -63,35 +64,22 @@ async def test_sigterm_with_enough_grace_finishes_the_reply_then_exits_0(
     """A deploy must not cut replies short: with enough grace the reply finishes first."""
     tally = results.new("SIGTERM to a responder mid-reply, grace 30 s")
     (responder,) = await only_responders(stack, 30)
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("drain", tokens=100, delay_ms=DELAY_MS)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             await subscriber.streaming(accepted.message_id, seq=5)
             code, took = await sigterm(responder, 60)
             at_exit = await api.message(conversation_id, accepted.message_id)
-            problems = await settle(api, conversation_id, accepted.message_id, [subscriber])
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        accepted.message_id,
-                        texts=(expected_reply(text, 100),),
-                        model_calls=1,
-                        prompt=text,
-                    )
-                ],
+                whole_reply(accepted.message_id, text, 100),
                 tally,
                 [subscriber],
                 mock,
             )
     tally.notes.append(f"exit code {code} after {took:.1f}s")
-    tally.seconds = round(took, 1)
-    results.save()
+    save_tally(results, tally, took)
     assert code == 0, f"the responder exited with {code}"
     assert at_exit.status == Status.COMPLETED, f"exited before finishing the reply: {at_exit!r}"
     assert at_exit.attempt == 1, "the reply was restarted"
@@ -104,12 +92,9 @@ async def test_sigterm_with_short_grace_hands_the_reply_back_at_once(
     """Grace 1 s, a long reply: exit 0 quickly, another responder restarts it without a lease."""
     tally = results.new("SIGTERM to a responder mid-reply, grace 1 s")
     (short,) = await only_responders(stack, 1)
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("handback", tokens=300, delay_ms=DELAY_MS)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             reply_id = accepted.message_id
             await subscriber.streaming(reply_id, seq=5)
             await asyncio.to_thread(stack.start_responder, SHUTDOWN_GRACE_SECONDS="30")
@@ -123,19 +108,10 @@ async def test_sigterm_with_short_grace_hands_the_reply_back_at_once(
                 "another responder to restart the reply",
             )
             taken_over = time.monotonic() - signalled
-            problems = await settle(api, conversation_id, reply_id, [subscriber])
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        reply_id,
-                        texts=(expected_reply(text, 300, attempt=1),),
-                        model_calls=2,
-                        prompt=text,
-                    )
-                ],
+                whole_reply(reply_id, text, 300, attempt=1, model_calls=2),
                 tally,
                 [subscriber],
                 mock,
@@ -144,8 +120,7 @@ async def test_sigterm_with_short_grace_hands_the_reply_back_at_once(
     tally.notes.append(
         f"exit code {code} after {took:.1f}s; restarted elsewhere {taken_over:.1f}s after SIGTERM"
     )
-    tally.seconds = round(taken_over, 1)
-    results.save()
+    save_tally(results, tally, taken_over)
     assert code == 0, f"the responder exited with {code}"
     assert took < 1 + 4, f"took {took:.1f}s to exit with a 1 s grace"
     assert len(asked) == 2 and asked[0] != asked[1], asked
@@ -160,9 +135,7 @@ async def test_sigterm_to_an_api_closes_its_websockets_with_1012(
     tally = results.new("SIGTERM to an API with WebSocket clients")
     await only_responders(stack, 5)
     extra, extra_url = await asyncio.to_thread(stack.start_api)
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("api-restart", tokens=150, delay_ms=DELAY_MS)
         ws_extra = extra_url.replace("http://", "ws://", 1)
         async with LiveSubscriber.open(ws_extra, conversation_id) as leaving:
@@ -172,26 +145,16 @@ async def test_sigterm_to_an_api_closes_its_websockets_with_1012(
             await eventually(lambda: not leaving.connected, 10, what="the WebSocket to close")
             leaving.check()
         async with LiveSubscriber.open(api.ws_url, conversation_id) as back:
-            problems = await settle(api, conversation_id, accepted.message_id, [back])
-            tally.trials += 1
-            problems += await audit(
+            problems = await settle_and_audit(
                 api,
                 conversation_id,
-                [
-                    Expect(
-                        accepted.message_id,
-                        texts=(expected_reply(text, 150),),
-                        model_calls=1,
-                        prompt=text,
-                    )
-                ],
+                whole_reply(accepted.message_id, text, 150),
                 tally,
                 [back],
                 mock,
             )
     tally.notes.append(f"API exit code {code} after {took:.1f}s; close code {leaving.close_code}")
-    tally.seconds = round(took, 1)
-    results.save()
+    save_tally(results, tally, took)
     assert leaving.close_code == SERVICE_RESTART, f"closed with {leaving.close_code}"
     # uvicorn re-raises the signal after its graceful shutdown: -SIGTERM is a clean exit too.
     assert code in (0, -signal.SIGTERM), f"the API exited with {code}"

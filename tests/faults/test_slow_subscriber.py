@@ -11,7 +11,6 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import orjson
@@ -24,17 +23,18 @@ from websockets.uri import parse_uri
 
 from shared.schemas import Status
 from tests.clients import Rebuilder
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
-    Expect,
     FaultStack,
     LiveSubscriber,
     ResultBook,
-    audit,
     clients,
-    settle,
+    save_tally,
+    settle_and_audit,
+    stack_fixture,
+    watched_post,
+    whole_reply,
 )
-from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
+from tests.helpers import eventually, new_conversation_id, prompt
 
 pytestmark = pytest.mark.faults
 
@@ -46,13 +46,14 @@ SMALL_MSS = 536
 DROP_TIMEOUT = 5.0
 PING_SECONDS = 1.0
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """A tiny per-subscriber buffer, so falling behind is quick to provoke."""
-    settings = {"SUBSCRIBER_BUFFER": str(BUFFER), "WS_PING_SECONDS": str(PING_SECONDS)}
-    with make_stack("slow", responders=1, apis=1, **settings) as running:
-        yield running
+stack = stack_fixture(
+    "slow",
+    "A tiny per-subscriber buffer, so falling behind is quick to provoke.",
+    responders=1,
+    apis=1,
+    SUBSCRIBER_BUFFER=str(BUFFER),
+    WS_PING_SECONDS=str(PING_SECONDS),
+)
 
 
 class StalledClient:
@@ -168,24 +169,15 @@ async def flood(stack: FaultStack, results: ResultBook) -> Flood:
         stalled = StalledClient(f"{api.ws_url}/conversations/{conversation_id}/stream", port)
         try:
             await asyncio.to_thread(stalled.handshake)
-            async with LiveSubscriber.open(api.ws_url, conversation_id) as reader:
-                accepted = await api.post_chat(text, conversation_id)
-                problems = await settle(api, conversation_id, accepted.message_id, [reader], 90)
-                tally.trials += 1
-                problems += await audit(
+            async with watched_post(api, conversation_id, text) as (reader, accepted):
+                problems = await settle_and_audit(
                     api,
                     conversation_id,
-                    [
-                        Expect(
-                            accepted.message_id,
-                            texts=(expected_reply(text, TOKENS),),
-                            model_calls=1,
-                            prompt=text,
-                        )
-                    ],
+                    whole_reply(accepted.message_id, text, TOKENS),
                     tally,
                     [reader],
                     mock,
+                    timeout=90,
                 )
                 held = True
                 with contextlib.suppress(AssertionError):
@@ -214,8 +206,7 @@ async def flood(stack: FaultStack, results: ResultBook) -> Flood:
         f"{DROP_TIMEOUT:.0f}s after the reply ended: {held}"
     )
     tally.notes += problems
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     return Flood(
         problems,
         reader.frames,

@@ -7,7 +7,6 @@ the lease that must end the reply, with the text received so far kept.
 import os
 import signal
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -15,18 +14,21 @@ import pytest
 from services.responder.leases import ABANDONED
 from shared.broker import CHAT_QUEUE
 from shared.schemas import Message, Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
     LiveSubscriber,
     ResultBook,
     audit,
-    clients,
+    new_conversation,
     queue_depths,
+    save_tally,
     settle,
+    settle_and_audit,
+    stack_fixture,
+    watched_post,
 )
-from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
+from tests.helpers import eventually, expected_reply, prompt
 
 pytestmark = pytest.mark.faults
 
@@ -35,18 +37,14 @@ MODEL_TIMEOUT = 2.0
 TOKENS = 300
 DELAY_MS = 30
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """Short lease and model timeout; slow progress writes, as a busy database would allow."""
-    with make_stack(
-        "stale",
-        responders=2,
-        REPLY_LEASE_SECONDS=str(LEASE),
-        OPENAI_TIMEOUT_SECONDS=str(MODEL_TIMEOUT),
-        STORE_FLUSH_SECONDS="2",
-    ) as running:
-        yield running
+stack = stack_fixture(
+    "stale",
+    "Short lease and model timeout; slow progress writes, as a busy database would allow.",
+    responders=2,
+    REPLY_LEASE_SECONDS=str(LEASE),
+    OPENAI_TIMEOUT_SECONDS=str(MODEL_TIMEOUT),
+    STORE_FLUSH_SECONDS="2",
+)
 
 
 async def test_hung_upstream_fails_the_reply_after_the_model_timeout(
@@ -54,9 +52,7 @@ async def test_hung_upstream_fails_the_reply_after_the_model_timeout(
 ) -> None:
     """A live responder keeps its lease, so the model timeout ends the reply, text kept."""
     tally = results.new("model stream hangs (timeout 2 s)")
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("hang", tokens=50, delay_ms=DELAY_MS, hang_after=3)
         async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
             started = time.monotonic()
@@ -81,8 +77,7 @@ async def test_hung_upstream_fails_the_reply_after_the_model_timeout(
                 mock,
             )
         stored = await api.message(conversation_id, accepted.message_id)
-    tally.seconds = round(elapsed, 1)
-    results.save()
+    save_tally(results, tally, elapsed)
     assert not problems, "\n".join(problems)
     assert stored.error == "model API timed out", stored
     assert elapsed < MODEL_TIMEOUT + 8, f"the hung reply took {elapsed:.1f}s to fail"
@@ -106,12 +101,9 @@ class FrozenReply:
 async def frozen(stack: FaultStack, results: ResultBook) -> FrozenReply:
     """SIGSTOP the responder writing a reply; another one's sweeper must end it; then SIGCONT."""
     tally = results.new("responder SIGSTOPped mid-reply")
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         text = prompt("frozen", tokens=TOKENS, delay_ms=DELAY_MS)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            accepted = await api.post_chat(text, conversation_id)
+        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
             reply_id = accepted.message_id
             await subscriber.streaming(reply_id, seq=5)
             (model,) = await mock.models_asked(text)
@@ -121,12 +113,10 @@ async def frozen(stack: FaultStack, results: ResultBook) -> FrozenReply:
             try:
                 ended = await api.finished(conversation_id, reply_id, timeout=8 * LEASE)
                 ended_after = time.monotonic() - stopped_at
-                problems = await settle(api, conversation_id, reply_id, [subscriber])
-                tally.trials += 1
-                problems += await audit(
+                problems = await settle_and_audit(
                     api,
                     conversation_id,
-                    [Expect(reply_id, statuses=(Status.FAILED,), model_calls=1, prompt=text)],
+                    Expect(reply_id, statuses=(Status.FAILED,), model_calls=1, prompt=text),
                     tally,
                     [subscriber],
                     mock,
@@ -147,9 +137,8 @@ async def frozen(stack: FaultStack, results: ResultBook) -> FrozenReply:
             assert depths is not None
             after_resume = await api.message(conversation_id, reply_id)
             events_after_final = subscriber.events_after_final(reply_id)
-    tally.seconds = round(ended_after, 1)
     tally.notes += problems
-    results.save()
+    save_tally(results, tally, ended_after)
     return FrozenReply(
         text,
         ended,

@@ -6,14 +6,12 @@ closed (the mock stops emitting); stopping twice, or stopping a finished reply, 
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from shared.broker import CHAT_QUEUE
 from shared.schemas import Message, Status
-from tests.faults.conftest import StackFactory
 from tests.faults.support import (
     Expect,
     FaultStack,
@@ -22,9 +20,14 @@ from tests.faults.support import (
     ResultBook,
     audit,
     clients,
+    new_conversation,
     queue_depths,
+    save_tally,
     settle,
+    settle_and_audit,
+    stack_fixture,
     unique,
+    watched_post,
 )
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 
@@ -34,12 +37,12 @@ TOKENS = 200
 DELAY_MS = 30
 MAX_TRIALS = 6
 
-
-@pytest.fixture(scope="module")
-def stack(make_stack: StackFactory) -> Iterator[FaultStack]:
-    """Two responders: a stop must reach whichever one writes the reply."""
-    with make_stack("stop", responders=2, REPLY_LEASE_SECONDS="2") as running:
-        yield running
+stack = stack_fixture(
+    "stop",
+    "Two responders: a stop must reach whichever one writes the reply.",
+    responders=2,
+    REPLY_LEASE_SECONDS="2",
+)
 
 
 async def stop(api: ApiClient, conversation_id: str, message_id: str) -> httpx.Response:
@@ -80,8 +83,7 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
             conversation_id = new_conversation_id()
             text = prompt(f"stop-{trial}", tokens=TOKENS, delay_ms=DELAY_MS)
             full = expected_reply(text, TOKENS)
-            async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-                accepted = await api.post_chat(text, conversation_id)
+            async with watched_post(api, conversation_id, text) as (subscriber, accepted):
                 reply_id = accepted.message_id
                 await subscriber.streaming(reply_id, seq=5)
                 (model,) = await mock.models_asked(text)
@@ -89,12 +91,10 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
                 response = await stop(api, conversation_id, reply_id)
                 assert response.status_code == 200, response.text
                 stopped = Message.model_validate(response.json())
-                problems += await settle(api, conversation_id, reply_id, [subscriber])
-                tally.trials += 1
-                problems += await audit(
+                problems += await settle_and_audit(
                     api,
                     conversation_id,
-                    [Expect(reply_id, texts=(stopped.message,), model_calls=1, prompt=text)],
+                    Expect(reply_id, texts=(stopped.message,), model_calls=1, prompt=text),
                     tally,
                     [subscriber],
                     mock,
@@ -116,8 +116,7 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
                 )
     tally.notes.append(f"replies were written by {sorted(holders)}")
     tally.notes.append(f"the mock sent {sent_counts} of {TOKENS} tokens before its stream closed")
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert not problems, "\n".join(problems)
     assert len(holders) == 2, f"only {holders} wrote the stopped replies; both should have"
 
@@ -149,9 +148,7 @@ async def test_stopping_a_queued_reply_ends_it_before_it_starts(
     """A reply still waiting its turn is ended at once, empty, and the model never asked."""
     tally = results.new("stop a reply still queued behind another")
     started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with new_conversation(stack) as (api, mock, conversation_id):
         first_text = prompt("first", tokens=60, delay_ms=DELAY_MS)
         queued_text = prompt("queued", tokens=10, delay_ms=0)
         async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
@@ -182,8 +179,7 @@ async def test_stopping_a_queued_reply_ends_it_before_it_starts(
                 mock,
             )
             final = subscriber.final(queued.message_id)
-    tally.seconds = round(time.monotonic() - started, 1)
-    results.save()
+    save_tally(results, tally, time.monotonic() - started)
     assert (stopped.status, stopped.stopped, stopped.message) == (Status.COMPLETED, True, "")
     assert final["type"] == "message.completed" and final["message"]["stopped"], final
     assert not problems, "\n".join(problems)
