@@ -105,6 +105,7 @@ class Subscription:
         self.conversation_id = conversation_id
         self.queue: asyncio.Queue[tuple[str, Version, str]] = asyncio.Queue(capacity)
         self.floor: dict[str, Version] = {}
+        """The version of each message this client has, from the snapshot and the events since."""
         self.overflowed = asyncio.Event()
 
     def push(self, message_id: str, version: Version, text: str) -> None:
@@ -138,6 +139,7 @@ class Subscription:
             message_id, version, text = await self.queue.get()
             floor = self.floor.get(message_id)
             if floor is None or version > floor:
+                self.floor[message_id] = version  # so a repeat (say, from the outbox) is dropped
                 return text
 
 

@@ -47,7 +47,7 @@ async def serve(settings: Settings) -> None:
         jobs = await broker.declare_chat_queue(jobs_channel)
         async with background(
             keep_leases(messages, lambda: worker.held_replies, lease),
-            end_abandoned(messages, publisher, lease),
+            end_abandoned(messages, publisher, lambda: worker.held_replies, lease),
         ):
             consumer = await jobs.consume(worker.handle)
             log.info(

@@ -28,11 +28,20 @@ async def keep_leases(store: MessageStore, held: Callable[[], list[str]], lease:
             log.warning("renewing leases failed: %s", error)
 
 
-async def end_abandoned(store: MessageStore, publisher: EventPublisher, lease: timedelta) -> None:
+async def end_abandoned(
+    store: MessageStore,
+    publisher: EventPublisher,
+    held: Callable[[], list[str]],
+    lease: timedelta,
+) -> None:
+    """Fail replies whose lease ran out long ago; never our own, whose renewal may be late."""
     while True:
         await asyncio.sleep(lease.total_seconds() / 2)
         try:
+            ours = set(held())
             for reply in await store.abandoned(grace=lease):
+                if reply.id in ours:
+                    continue  # MongoDB was away; the lease keeper renews it on its next round
                 failed = await store.give_up(reply, ABANDONED)
                 if failed is not None:
                     log.warning("reply %s was abandoned; ended as failed", reply.id)
