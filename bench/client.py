@@ -16,7 +16,9 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-FINISHED = frozenset({"message.completed", "message.failed"})
+from shared.events import COMPLETED, FAILED
+
+FINISHED = frozenset({COMPLETED, FAILED})
 POST_TIMEOUT_SECONDS = 30.0
 
 

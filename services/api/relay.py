@@ -22,7 +22,7 @@ from aio_pika.abc import AbstractQueue
 from pydantic import ValidationError
 
 from shared.events import COMPLETED, DELTA, FAILED, SNAPSHOT, UPDATED, decode_batch
-from shared.schemas import Message
+from shared.schemas import Message, Status
 from shared.store import MessageStore
 
 log = logging.getLogger(__name__)
@@ -244,18 +244,16 @@ class Hub:
 
     def _placeholder(self, delta: dict[str, Any]) -> Tail:
         """A reply first seen mid-stream; it takes its real state from MongoDB."""
-        tail = self.tails[delta["messageId"]] = Tail(
-            {
-                "id": delta["messageId"],
-                "conversationId": delta["conversationId"],
-                "from": "assistant",
-                "message": "",
-                "status": "created",
-                "timestamp": "",
-                "seq": 0,
-                "attempt": 0,
-            }
+        unknown = Message(
+            id=delta["messageId"],
+            conversationId=delta["conversationId"],
+            sender="assistant",
+            message="",
+            status=Status.CREATED,
+            timestamp="",
+            seq=0,
         )
+        tail = self.tails[delta["messageId"]] = Tail(unknown.to_wire())
         return tail
 
     def _repair_soon(self, tail: Tail) -> None:

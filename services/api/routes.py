@@ -15,6 +15,7 @@ from services.api.relay import Subscription
 from services.api.turns import KeyTaken
 from shared.events import finished_event
 from shared.schemas import (
+    CONVERSATION_ID_PATTERN,
     FINISHED,
     ChatAccepted,
     ChatRequest,
@@ -25,7 +26,7 @@ from shared.schemas import (
 )
 from shared.store import new_id
 
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 TRY_AGAIN_LATER = 1013
 STOP_WAIT_SECONDS = 5.0
 SLOW_CLIENT_CLOSE_SECONDS = 5.0
