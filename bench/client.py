@@ -16,9 +16,8 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
-from shared.events import COMPLETED, FAILED
+from shared.events import FINISHED_EVENT
 
-FINISHED = frozenset({COMPLETED, FAILED})
 POST_TIMEOUT_SECONDS = 30.0
 
 
@@ -203,7 +202,7 @@ async def _read_until_finished(
         kind = event["type"]
         if kind == "message.delta":
             progress.tokens += event["delta"].count(" ")
-        elif kind in FINISHED and event["message"]["from"] == "assistant":
+        elif kind in FINISHED_EVENT.values() and event["message"]["from"] == "assistant":
             conversation.finished = True
             return
 

@@ -8,7 +8,7 @@ from typing import Any, Literal, TypedDict
 
 import orjson
 
-from shared.schemas import Message
+from shared.schemas import Message, Status
 
 SNAPSHOT = "snapshot"
 CREATED = "message.created"
@@ -21,6 +21,12 @@ MESSAGE_EVENTS = frozenset({CREATED, UPDATED, COMPLETED, FAILED})
 MessageEventType = Literal[
     "message.created", "message.updated", "message.completed", "message.failed"
 ]
+
+FINISHED_EVENT: dict[Status, MessageEventType] = {
+    Status.COMPLETED: COMPLETED,
+    Status.FAILED: FAILED,
+}
+"""The event that announces a message in each finished status (`schemas.FINISHED`)."""
 
 
 class DeltaEvent(TypedDict):
@@ -58,7 +64,7 @@ def message_event(kind: MessageEventType, message: Message) -> MessageEvent:
 
 
 def finished_event(message: Message) -> MessageEvent:
-    return message_event(COMPLETED if message.status == "completed" else FAILED, message)
+    return message_event(FINISHED_EVENT[message.status], message)
 
 
 def encode_batch(events: list[Event]) -> bytes:

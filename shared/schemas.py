@@ -18,6 +18,8 @@ class Status(StrEnum):
 
 
 FINISHED = frozenset({Status.COMPLETED, Status.FAILED})
+"""A message in one of these never changes again."""
+UNFINISHED = frozenset(Status) - FINISHED
 
 
 def utc_timestamp() -> str:

@@ -7,13 +7,17 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
+from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.relay import Hub
 from services.api.turns import PUBLISH_TIMEOUT_SECONDS, Turns
-from shared import broker, store
+from shared import broker
 from shared.events import MessageEvent, encode_batch
 from shared.schemas import StopRequest
 from shared.settings import Settings
+from shared.store.conversations import ConversationStore
+from shared.store.database import connect, ping
+from shared.store.turns import TurnStore
 from shared.tasks import background
 
 log = logging.getLogger(__name__)
@@ -21,7 +25,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Connections:
-    store: store.MessageStore
+    database: AsyncDatabase
+    conversations: ConversationStore
+    turn_store: TurnStore
     connection: AbstractRobustConnection
     channel: AbstractChannel
     events: AbstractExchange
@@ -33,9 +39,11 @@ class Connections:
     @classmethod
     async def open(cls, settings: Settings) -> "Connections":
         timeout = settings.startup_timeout_seconds
-        database = await store.connect(settings.mongodb_url, settings.mongodb_db, timeout)
-        messages = store.MessageStore(database)
-        await messages.ensure_indexes()
+        database = await connect(settings.mongodb_url, settings.mongodb_db, timeout)
+        conversations = ConversationStore(database)
+        turn_store = TurnStore(database)
+        await conversations.ensure_indexes()
+        await turn_store.ensure_indexes()
         connection = await broker.connect(settings.rabbitmq_url, timeout)
         channel = await connection.channel()
         live_channel = await connection.channel(publisher_confirms=False)
@@ -44,9 +52,20 @@ class Connections:
         await broker.declare_chat_queue(channel)
         live = await channel.declare_queue(exclusive=True, auto_delete=True)
         await live.bind(events)
-        hub = Hub(messages, settings.subscriber_buffer)
-        turns = Turns(messages, channel, events)
-        return cls(messages, connection, channel, events, control, live, hub, turns)
+        hub = Hub(conversations, settings.subscriber_buffer)
+        turns = Turns(turn_store, channel, events)
+        return cls(
+            database,
+            conversations,
+            turn_store,
+            connection,
+            channel,
+            events,
+            control,
+            live,
+            hub,
+            turns,
+        )
 
     async def announce(self, event: MessageEvent) -> None:
         """Tell every instance's subscribers about a change made here, not by a responder."""
@@ -62,7 +81,7 @@ class Connections:
             return False
         try:
             async with asyncio.timeout(2.0):
-                await self.store.ping()
+                await ping(self.database)
         except Exception:
             return False
         return True
@@ -74,7 +93,7 @@ class Connections:
             yield
         await self.hub.close()
         await self.connection.close()
-        await self.store.database.client.close()
+        await self.database.client.close()
 
     def _reconnected(self, *_: object) -> None:
         log.info("broker connection restored; resynchronising live replies")

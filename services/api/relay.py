@@ -21,9 +21,9 @@ import orjson
 from aio_pika.abc import AbstractQueue
 from pydantic import ValidationError
 
-from shared.events import COMPLETED, DELTA, FAILED, SNAPSHOT, UPDATED, decode_batch
+from shared.events import DELTA, FINISHED_EVENT, SNAPSHOT, UPDATED, decode_batch
 from shared.schemas import Message, Status
-from shared.store import MessageStore
+from shared.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,6 @@ A finished state outranks any unfinished one of its attempt, even one with more 
 reply failed by another process carries MongoDB's text, which may lag the live stream.
 """
 
-FINISHED_EVENT = {"completed": COMPLETED, "failed": FAILED}
 DELTA_FIELDS = ("type", "conversationId", "messageId", "seq", "delta")
 RETAIN_FINISHED_SECONDS = 60.0
 REPAIR_POLL_SECONDS = (0.05, 1.0)
@@ -144,7 +143,7 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, store: MessageStore, capacity: int) -> None:
+    def __init__(self, store: ConversationStore, capacity: int) -> None:
         self.store = store
         self.capacity = capacity
         self.tails: dict[str, Tail] = {}

@@ -11,6 +11,7 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from services.api.connections import Connections
+from services.api.posting import new_turn
 from services.api.relay import Subscription
 from services.api.turns import KeyTaken
 from shared.events import finished_event
@@ -24,7 +25,7 @@ from shared.schemas import (
     Status,
     StopRequest,
 )
-from shared.store import new_id
+from shared.store.documents import new_id
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 TRY_AGAIN_LATER = 1013
@@ -55,13 +56,13 @@ async def post_chat(
     turns = backends.turns
     turn = None
     if idempotency_key is not None:
-        turn = await backends.store.find_turn(idempotency_key)
+        turn = await backends.turn_store.find_turn(idempotency_key)
     if turn is None:
-        turn = backends.store.new_turn(body.conversation_id or new_id(), body.message)
+        turn = new_turn(body.conversation_id or new_id(), body.message)
         try:
             await turns.open(turn, idempotency_key)
         except KeyTaken:
-            turn = await backends.store.find_turn(idempotency_key or "")
+            turn = await backends.turn_store.find_turn(idempotency_key or "")
             if turn is None:
                 raise
     return ChatAccepted(
@@ -75,9 +76,9 @@ async def post_chat(
 async def list_messages(
     conversation_id: ConversationIdPath, backends: Backends
 ) -> ConversationMessages:
-    if not await backends.store.conversation_exists(conversation_id):
+    if not await backends.conversations.conversation_exists(conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
-    messages = await backends.store.list_messages(conversation_id)
+    messages = await backends.conversations.list_messages(conversation_id)
     return ConversationMessages(conversationId=conversation_id, messages=messages)
 
 
@@ -87,7 +88,7 @@ async def list_messages(
 async def get_message(
     conversation_id: ConversationIdPath, message_id: str, backends: Backends
 ) -> Message:
-    message = await backends.store.get_message(conversation_id, message_id)
+    message = await backends.conversations.get_message(conversation_id, message_id)
     if message is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"message {message_id} not found")
     return message
@@ -101,7 +102,7 @@ async def stop_reply(
     conversation_id: ConversationIdPath, message_id: str, backends: Backends
 ) -> Message:
     """Stop a reply wherever it is being written; its text so far is kept."""
-    reply = await backends.store.request_stop(conversation_id, message_id)
+    reply = await backends.conversations.request_stop(conversation_id, message_id)
     if reply is None or reply.sender != "assistant":
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
     if reply.status == Status.STREAMING:
@@ -120,7 +121,10 @@ async def _finished(backends: Connections, reply: Message) -> Message:
         async with asyncio.timeout(STOP_WAIT_SECONDS):
             while reply.status not in FINISHED:
                 await asyncio.sleep(0.05)
-                reply = await backends.store.get_message(reply.conversation_id, reply.id) or reply
+                reply = (
+                    await backends.conversations.get_message(reply.conversation_id, reply.id)
+                    or reply
+                )
     return reply
 
 

@@ -20,7 +20,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange
 from shared import broker
 from shared.events import CREATED, encode_batch, message_event
 from shared.schemas import ChatJob
-from shared.store import MessageStore, Turn
+from shared.store.turns import Turn, TurnStore
 from shared.tasks import background
 
 log = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ class _Pending:
 
 
 class Turns:
-    def __init__(self, store: MessageStore, channel: AbstractChannel, events: AbstractExchange):
+    def __init__(self, store: TurnStore, channel: AbstractChannel, events: AbstractExchange):
         self.store = store
         self.channel = channel
         self.events = events

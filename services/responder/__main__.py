@@ -14,10 +14,12 @@ from services.responder.model import ChatModel
 from services.responder.progress import ProgressWriter
 from services.responder.publisher import EventPublisher
 from services.responder.worker import Worker
-from shared import broker, store
+from shared import broker
 from shared.schemas import StopRequest
 from shared.settings import Settings, get_settings
 from shared.startup import configure_logging, run_service
+from shared.store.database import connect
+from shared.store.replies import ReplyStore
 from shared.tasks import background
 
 log = logging.getLogger("responder")
@@ -25,8 +27,8 @@ log = logging.getLogger("responder")
 
 async def serve(settings: Settings) -> None:
     timeout = settings.startup_timeout_seconds
-    database = await store.connect(settings.mongodb_url, settings.mongodb_db, timeout)
-    messages = store.MessageStore(database)
+    database = await connect(settings.mongodb_url, settings.mongodb_db, timeout)
+    messages = ReplyStore(database)
     await messages.ensure_indexes()
     model = ChatModel(settings)
     await model.check(timeout)

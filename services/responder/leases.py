@@ -12,14 +12,14 @@ from datetime import timedelta
 
 from services.responder.publisher import EventPublisher
 from shared.events import finished_event
-from shared.store import MessageStore
+from shared.store.replies import ReplyStore
 
 log = logging.getLogger(__name__)
 
 ABANDONED = "the responder writing this reply stopped responding; ask again"
 
 
-async def keep_leases(store: MessageStore, held: Callable[[], list[str]], lease: timedelta) -> None:
+async def keep_leases(store: ReplyStore, held: Callable[[], list[str]], lease: timedelta) -> None:
     while True:
         await asyncio.sleep(lease.total_seconds() / 3)
         try:
@@ -29,7 +29,7 @@ async def keep_leases(store: MessageStore, held: Callable[[], list[str]], lease:
 
 
 async def end_abandoned(
-    store: MessageStore,
+    store: ReplyStore,
     publisher: EventPublisher,
     held: Callable[[], list[str]],
     lease: timedelta,

@@ -11,14 +11,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from services.responder.reply import Reply
-from shared.store import MessageStore
+from shared.store.replies import ReplyStore
 from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
 
 class ProgressWriter:
-    def __init__(self, store: MessageStore, interval: float) -> None:
+    def __init__(self, store: ReplyStore, interval: float) -> None:
         self._store = store
         self._interval = interval
         self._dirty: dict[str, Reply] = {}

@@ -1,8 +1,19 @@
 """A reply being written: tokens gather until the publisher seals them into the next delta."""
 
+from dataclasses import dataclass
+
 from shared.events import DeltaEvent, delta_event
 from shared.schemas import Message
-from shared.store import Progress
+
+
+@dataclass(slots=True)
+class Progress:
+    """A reply's text so far, as the responder hands it to the periodic writer."""
+
+    message_id: str
+    attempt: int
+    text: str
+    seq: int
 
 
 class Reply:

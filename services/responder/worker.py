@@ -22,7 +22,7 @@ from services.responder.reply import Reply
 from shared.events import UPDATED, finished_event, message_event
 from shared.schemas import FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
-from shared.store import MessageStore, StoredReply
+from shared.store.replies import ReplyStore, StoredReply
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Worker:
     def __init__(
         self,
         settings: Settings,
-        store: MessageStore,
+        store: ReplyStore,
         model: ChatModel,
         publisher: EventPublisher,
         writer: ProgressWriter,

@@ -31,14 +31,13 @@ from websockets.exceptions import ConnectionClosed
 
 from devstack.processes import Process, free_port, port_open, wait_for
 from devstack.stack import Stack, start_mock_model, start_secantus
-from shared.schemas import FINISHED, ChatAccepted, Message, Status
+from shared.schemas import FINISHED, UNFINISHED, ChatAccepted, Message, Status
 from tests.clients import Rebuilder
 from tests.helpers import ApiClient, MockClient, eventually, expected_reply, new_conversation_id
 from tests.infra import Broker, rabbitmq, service_env
 
 RESULTS_PATH = Path(os.environ.get("FAULT_RESULTS", "/tmp/fault-results.json"))
 RABBIT_TIMEOUT = 120.0
-UNFINISHED = (Status.CREATED, Status.STREAMING)
 SUBSCRIBER_LAG = 10.0
 """How long after GET shows a reply finished its subscribers may still be waiting for it."""
 

@@ -1,6 +1,6 @@
 """The relay's Hub without a network: snapshots, filtering, gap repair and overflow.
 
-The store is a small fake of our own MessageStore's read interface; events are fed straight to
+The store is a small fake of our own ConversationStore's read interface; events are fed straight to
 `Hub.receive`, and what a subscriber is sent is rebuilt with the same checker the WebSocket
 tests use, so the contract's guarantee is checked here too.
 """
@@ -15,7 +15,7 @@ import pytest
 from services.api.relay import Hub, SlowSubscriber, Subscription
 from shared.events import delta_event, message_event
 from shared.schemas import Message, Status
-from shared.store import MessageStore
+from shared.store.conversations import ConversationStore
 from tests.clients import Rebuilder
 from tests.factories import message
 
@@ -54,7 +54,7 @@ async def store() -> FakeStore:
 
 @pytest.fixture
 async def hub(store: FakeStore) -> AsyncIterator[Hub]:
-    running = Hub(cast(MessageStore, store), capacity=64)
+    running = Hub(cast(ConversationStore, store), capacity=64)
     try:
         yield running
     finally:
@@ -237,7 +237,7 @@ async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
 async def test_a_subscriber_that_falls_too_far_behind_is_told_to_reconnect(
     store: FakeStore,
 ) -> None:
-    hub = Hub(cast(MessageStore, store), capacity=16)
+    hub = Hub(cast(ConversationStore, store), capacity=16)
     async with hub.subscribe(CONVERSATION) as slow, hub.subscribe(CONVERSATION) as fast:
         await slow.snapshot()
         await fast.snapshot()

@@ -1,0 +1,68 @@
+"""What every part of the store shares: ids, creation order and the message documents.
+
+Every message is one document of the `messages` collection, with `_id` its id and `order` its
+creation time; replies also carry a lease (`leaseUntil`) while a responder writes them.
+"""
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from bson import ObjectId
+from pymongo.asynchronous.collection import AsyncCollection
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.schemas import UNFINISHED, Message
+
+MESSAGES = "messages"
+UNFINISHED_VALUES = [status.value for status in UNFINISHED]
+
+
+class CreationOrder:
+    """Nanosecond creation times, strictly rising within a process.
+
+    Messages sort by this within a conversation. Across API instances it is the order of the
+    hosts' clocks, which holds for any client that waits for one answer before posting again.
+    """
+
+    def __init__(self) -> None:
+        self.last = 0
+
+    def tick(self) -> int:
+        self.last = max(time.time_ns(), self.last + 1)
+        return self.last
+
+
+ORDER = CreationOrder()
+
+
+def new_id() -> str:
+    """Short, unique and time-ordered: ids travel in every delta frame."""
+    return str(ObjectId())
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def messages_of(database: AsyncDatabase) -> AsyncCollection:
+    return database[MESSAGES]
+
+
+def free() -> dict[str, Any]:
+    """A reply nobody holds: not started, or `streaming` under a lease that ran out.
+
+    Written without `$or`, and matched by `_id` with `update_one` rather than
+    `find_one_and_update`: SecantusDB scans the whole collection for either.
+    """
+    return {"status": {"$in": UNFINISHED_VALUES}, "leaseUntil": {"$not": {"$gte": now()}}}
+
+
+def to_document(message: Message, order: int, extra: dict[str, Any]) -> dict[str, Any]:
+    document = message.model_dump(exclude={"id"}, exclude_none=True, mode="json")
+    return {"_id": message.id, "order": order, **document, **extra}
+
+
+async def find_message(messages: AsyncCollection, query: dict[str, Any]) -> Message | None:
+    document = await messages.find_one(query)
+    return None if document is None else Message.from_document(document)
