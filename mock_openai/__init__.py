@@ -6,6 +6,6 @@ and when each token left (`/_mock/requests`, `/_mock/emissions`).
 """
 
 from mock_openai.app import create_app
-from mock_openai.script import reply_tokens
+from mock_openai.script import reasoning_tokens, reply_tokens
 
-__all__ = ["create_app", "reply_tokens"]
+__all__ = ["create_app", "reasoning_tokens", "reply_tokens"]

@@ -1,5 +1,5 @@
-"""Run the mock as its own process; env MOCK_HOST, MOCK_PORT, MOCK_TOKENS, MOCK_DELAY_MS
-set the defaults.
+"""Run the mock as its own process; env MOCK_HOST, MOCK_PORT, MOCK_TOKENS, MOCK_DELAY_MS,
+MOCK_REASONING_TOKENS and MOCK_REASONING_FIELD set the defaults.
 """
 
 import argparse
@@ -10,6 +10,7 @@ import socket
 import uvicorn
 
 from mock_openai.app import create_app
+from mock_openai.directives import REASONING_FIELDS
 from mock_openai.stream import drop_abort_logs
 
 
@@ -30,13 +31,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=int(env.get("MOCK_PORT", "8100")))
     parser.add_argument("--tokens", type=int, default=int(env.get("MOCK_TOKENS", "40")))
     parser.add_argument("--delay-ms", type=float, default=float(env.get("MOCK_DELAY_MS", "20")))
+    parser.add_argument(
+        "--reasoning-tokens",
+        type=int,
+        default=int(env.get("MOCK_REASONING_TOKENS", "0")),
+        help="reasoning tokens streamed before each reply's text",
+    )
+    parser.add_argument(
+        "--reasoning-field",
+        choices=REASONING_FIELDS,
+        default=env.get("MOCK_REASONING_FIELD", REASONING_FIELDS[0]),
+        help="the delta field that carries reasoning",
+    )
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     config = uvicorn.Config(
-        create_app(tokens=args.tokens, delay_ms=args.delay_ms),
+        create_app(
+            tokens=args.tokens,
+            delay_ms=args.delay_ms,
+            reasoning=args.reasoning_tokens,
+            reasoning_field=args.reasoning_field,
+        ),
         host=args.host,
         port=args.port,
         loop="uvloop",

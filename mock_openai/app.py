@@ -11,9 +11,9 @@ from starlette.routing import Route
 from mock_openai.chat import DEFAULT_MODEL, BadRequestError, ChatRequest, parse_chat_request
 from mock_openai.directives import DirectiveError, Directives, parse_directives
 from mock_openai.journal import Journal
-from mock_openai.script import reply_tokens
+from mock_openai.script import reasoning_tokens, reply_tokens
 from mock_openai.stream import TokenStream
-from mock_openai.wire import Reply, error_body, usage
+from mock_openai.wire import Quirks, Reply, error_body, usage
 
 
 class OrjsonResponse(Response):
@@ -48,25 +48,47 @@ class MockEndpoints:
             body = error_body(message, "mock_error", directives.status)
             return OrjsonResponse(body, status_code=directives.status)
         tokens = reply_tokens(chat.key, attempt, directives.sent_tokens)
+        reasoning = reasoning_tokens(chat.key, attempt, directives.reasoning)
+        token_usage = usage(chat.prompt_words, len(reasoning) + len(tokens), len(reasoning))
+        reply = Reply(
+            chat.model, Quirks(directives.comments, directives.empty_choices, directives.done)
+        )
         if chat.stream:
-            return self._stream(chat, directives, attempt, tokens)
+            sent_usage = token_usage if chat.include_usage and directives.usage else None
+            return self._stream(chat, directives, attempt, reply, tokens, reasoning, sent_usage)
         if directives.ending != "finish":
-            return _error(400, "fail_after and hang_after need stream=true")
-        token_usage = usage(chat.prompt_words, len(tokens))
-        return OrjsonResponse(Reply(chat.model).completion("".join(tokens), token_usage))
+            return _error(400, "fail_after, hang_after and error_after need stream=true")
+        thought = (directives.reasoning_field, "".join(reasoning)) if reasoning else None
+        completion = reply.completion("".join(tokens), token_usage, directives.finish, thought)
+        return OrjsonResponse(completion)
 
     def _stream(
-        self, chat: ChatRequest, directives: Directives, attempt: int, tokens: list[str]
+        self,
+        chat: ChatRequest,
+        directives: Directives,
+        attempt: int,
+        reply: Reply,
+        tokens: list[str],
+        reasoning: list[str],
+        token_usage: dict[str, Any] | None,
     ) -> TokenStream:
-        reply = Reply(chat.model)
-        token_usage = usage(chat.prompt_words, len(tokens)) if chat.include_usage else None
+        emitted, reasoning_emitted = self._journal.open_emission(
+            chat.key, attempt, tokens, reasoning
+        )
+        if directives.ending == "error":
+            tail = reply.error_event()
+        else:
+            tail = reply.tail_events(directives.finish, token_usage)
         return TokenStream(
             head=reply.head_event(),
-            tokens=reply.token_events(tokens),
-            tail=reply.tail_events(token_usage),
+            tokens=reply.token_events(reasoning, directives.reasoning_field)
+            + reply.token_events(tokens),
+            tail=tail,
             delay_s=directives.delay_ms / 1000,
             ending=directives.ending,
-            emitted=self._journal.open_emission(chat.key, attempt, tokens),
+            emitted=emitted,
+            reasoning=len(reasoning),
+            reasoning_emitted=reasoning_emitted,
         )
 
     async def models(self, request: Request) -> Response:
@@ -87,9 +109,19 @@ class MockEndpoints:
         return PlainTextResponse("ok")
 
 
-def create_app(tokens: int = 40, delay_ms: float = 20.0) -> Starlette:
-    """Build an app whose replies default to `tokens` tokens, `delay_ms` apart."""
-    endpoints = MockEndpoints(Directives(tokens=tokens, delay_ms=delay_ms))
+def create_app(
+    tokens: int = 40,
+    delay_ms: float = 20.0,
+    reasoning: int = 0,
+    reasoning_field: str = "reasoning_content",
+) -> Starlette:
+    """Build an app whose replies default to `tokens` tokens, `delay_ms` apart, after
+    `reasoning` reasoning tokens in `delta.<reasoning_field>`.
+    """
+    defaults = Directives(
+        tokens=tokens, delay_ms=delay_ms, reasoning=reasoning, reasoning_field=reasoning_field
+    )
+    endpoints = MockEndpoints(defaults)
     return Starlette(
         routes=[
             Route("/v1/chat/completions", endpoints.chat_completions, methods=["POST"]),

@@ -32,13 +32,25 @@ class Journal:
         )
         return attempt
 
-    def open_emission(self, key: str, attempt: int, tokens: list[str]) -> list[float]:
-        """Log a stream about to send `tokens`; the caller appends each send time to the result."""
+    def open_emission(
+        self, key: str, attempt: int, tokens: list[str], reasoning: list[str]
+    ) -> tuple[list[float], list[float]]:
+        """Log a stream about to send `reasoning` then `tokens`; the caller appends each send
+        time to the first list returned (content) or the second (reasoning).
+        """
         emitted: list[float] = []
+        reasoning_emitted: list[float] = []
         self._emissions.append(
-            {"key": key, "attempt": attempt, "tokens": tokens, "emitted": emitted}
+            {
+                "key": key,
+                "attempt": attempt,
+                "tokens": tokens,
+                "emitted": emitted,
+                "reasoning": reasoning,
+                "reasoning_emitted": reasoning_emitted,
+            }
         )
-        return emitted
+        return emitted, reasoning_emitted
 
     def requests(self, contains: str | None = None) -> list[Record]:
         """Requests whose last user message contains `contains` (all when None)."""

@@ -13,6 +13,7 @@ VOCABULARY: tuple[str, ...] = (
     "mirth", "nylon", "orbit", "prism", "quota", "ridge", "solar", "torch",
 )  # fmt: skip
 _TOKENS = tuple(word + " " for word in VOCABULARY)  # shared strings: the logs keep every token
+_REASONING_SALT = "reasoning:"
 
 
 def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
@@ -28,3 +29,8 @@ def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
         digest = blake2b(b"%s%d:%d" % (key_digest, attempt, index), digest_size=8).digest()
         tokens.append(_TOKENS[int.from_bytes(digest) % len(_TOKENS)])
     return tokens
+
+
+def reasoning_tokens(key: str, attempt: int, count: int) -> list[str]:
+    """Return the `count` reasoning tokens streamed before the reply: other words than the text."""
+    return reply_tokens(_REASONING_SALT + key, attempt, count)

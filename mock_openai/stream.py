@@ -1,4 +1,4 @@
-"""The paced SSE response: tokens on absolute deadlines, then finish, abort or hang."""
+"""The paced SSE response: tokens on absolute deadlines, then finish, error, abort or hang."""
 
 import asyncio
 import logging
@@ -30,7 +30,11 @@ def drop_abort_logs(record: logging.LogRecord) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class TokenStream:
-    """ASGI response that writes prebuilt chunks and timestamps each token as it leaves."""
+    """ASGI response that writes prebuilt chunks and timestamps each token as it leaves.
+
+    The first `reasoning` chunks of `tokens` are reasoning, timed into `reasoning_emitted`;
+    the content tokens are timed into `emitted`. `tail` ends a stream that finishes or errs.
+    """
 
     head: bytes
     tokens: list[bytes]
@@ -38,6 +42,8 @@ class TokenStream:
     delay_s: float
     ending: Ending
     emitted: list[float]
+    reasoning: int
+    reasoning_emitted: list[float]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
@@ -46,7 +52,7 @@ class TokenStream:
         try:
             if not await self._send_tokens(send, gone):
                 return
-            if self.ending == "finish":
+            if self.ending in ("finish", "error"):
                 await send({"type": "http.response.body", "body": self.tail})
             elif self.ending == "hang":
                 await gone
@@ -64,7 +70,7 @@ class TokenStream:
             await asyncio.sleep(max(0.0, start + index * self.delay_s - loop.time()))
             if gone.done():
                 return False
-            self.emitted.append(time.time())
+            (self.emitted if index > self.reasoning else self.reasoning_emitted).append(time.time())
             await send({"type": "http.response.body", "body": body, "more_body": True})
         return True
 

@@ -19,6 +19,7 @@ class Settings(BaseSettings):
     openai_timeout_seconds: float = Field(60.0, gt=0)
     system_prompt: str = "You are a helpful assistant."
     context_messages: int = Field(50, ge=1)
+    context_tokens: int = Field(8000, ge=1)
 
     api_host: str = "127.0.0.1"
     api_port: int = 8000

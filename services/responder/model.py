@@ -1,6 +1,6 @@
-"""The model: context building and the streaming chat-completions call."""
+"""The model: the streaming chat-completions call and the parsing of its stream."""
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx2
@@ -8,7 +8,6 @@ import openai
 import orjson
 from openai.types.chat import ChatCompletionMessageParam
 
-from shared.schemas import Message, Status
 from shared.settings import Settings
 from shared.startup import DependencyUnavailable
 
@@ -19,24 +18,6 @@ DONE = "[DONE]"
 
 class ModelError(Exception):
     """The upstream failed: the reply ends `failed` with this text as its error."""
-
-
-def build_context(
-    history: Sequence[Message], system_prompt: str
-) -> list[ChatCompletionMessageParam]:
-    """The conversation as the model sees it: finished turns, oldest first.
-
-    Replies that failed or were never written add nothing the model should continue from.
-    """
-    context: list[ChatCompletionMessageParam] = []
-    if system_prompt:
-        context.append({"role": "system", "content": system_prompt})
-    for message in history:
-        if message.sender == "user":
-            context.append({"role": "user", "content": message.message})
-        elif message.status == Status.COMPLETED and message.message:
-            context.append({"role": "assistant", "content": message.message})
-    return context
 
 
 class ChatModel:

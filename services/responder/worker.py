@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from services.responder.model import ChatModel, ModelError, build_context
+from services.responder.context import build_context
+from services.responder.model import ChatModel, ModelError
 from services.responder.progress import ProgressWriter
 from services.responder.publisher import EventPublisher
 from services.responder.reply import Reply
@@ -182,7 +183,9 @@ class Worker:
         status, error = Status.COMPLETED, None
         job.stopping = job.stopping or claimed.stop_requested
         if not job.stopping:
-            context = build_context(history, self.settings.system_prompt)
+            context = build_context(
+                history, self.settings.system_prompt, self.settings.context_tokens
+            ).messages
             job.generation = asyncio.create_task(self._generate(reply, context))
             try:
                 await job.generation

@@ -1,6 +1,7 @@
 """mock_openai driven by the real `openai` client against a real subprocess, as its users do."""
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -16,7 +17,8 @@ import pytest
 import pytest_asyncio
 
 from mock_openai.directives import DirectiveError, Directives, parse_directives
-from mock_openai.script import VOCABULARY, reply_tokens
+from mock_openai.script import VOCABULARY, reasoning_tokens, reply_tokens
+from mock_openai.wire import COMMENT_EVENT, STREAM_ERROR_MESSAGE
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENS = 8
@@ -118,9 +120,145 @@ def test_directives_override_defaults_and_reject_typos() -> None:
         "[mock tokens=x]",
         "[mock status=200]",
         "[mock fail_after=1 hang_after=1]",
+        "[mock error_after=1 fail_after=1]",
+        "[mock tokens=1.5]",
+        "[mock reasoning_field=thoughts]",
+        "[mock finish=Stop!]",
+        "[mock comments=2]",
+        "[mock done=yes]",
     ):
         with pytest.raises(DirectiveError):
             parse_directives(bad, defaults)
+
+
+def test_new_directives_parse() -> None:
+    parsed = parse_directives(
+        "[mock reasoning=4 reasoning_field=reasoning finish=length error_after=2 comments=1"
+        " empty_choices=1 done=0 usage=0]",
+        Directives(tokens=40, delay_ms=20),
+    )
+    assert (parsed.reasoning, parsed.reasoning_field, parsed.finish) == (4, "reasoning", "length")
+    assert (parsed.sent_tokens, parsed.ending) == (2, "error")
+    assert (parsed.comments, parsed.empty_choices, parsed.done, parsed.usage) == (
+        True,
+        True,
+        False,
+        False,
+    )
+
+
+async def _raw_events(base: str, prompt: str, include_usage: bool = False) -> list[bytes]:
+    """The SSE events exactly as sent (comment lines included), split at blank lines."""
+    body: dict[str, Any] = {"model": "gpt-test", "messages": _messages(prompt), "stream": True}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    async with (
+        httpx.AsyncClient(timeout=5.0) as http,
+        http.stream("POST", f"{base}/v1/chat/completions", json=body) as response,
+    ):
+        assert response.status_code == 200
+        raw = b"".join([chunk async for chunk in response.aiter_bytes()])
+    return [event + b"\n\n" for event in raw.split(b"\n\n") if event]
+
+
+def _chunks(events: list[bytes]) -> list[dict[str, Any]]:
+    return [json.loads(event[len(b"data: ") :]) for event in events if event.startswith(b"data: {")]
+
+
+def _deltas(chunks: list[dict[str, Any]], field: str) -> str:
+    return "".join(
+        choice["delta"].get(field) or "" for chunk in chunks for choice in chunk["choices"]
+    )
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+async def test_reasoning_streams_first_in_either_field(base: str, field: str) -> None:
+    prompt = _prompt(f"[mock tokens=3 reasoning=4 reasoning_field={field} delay_ms=0]")
+    chunks = _chunks(await _raw_events(base, prompt))
+    fields = [key for chunk in chunks for key in chunk["choices"][0]["delta"] if key != "role"]
+    assert fields == ["content"] + [field] * 4 + ["content"] * 3
+    assert _deltas(chunks, field) == "".join(reasoning_tokens(prompt, 0, 4))
+    assert _deltas(chunks, "content") == "".join(reply_tokens(prompt, 0, 3))
+    assert reasoning_tokens(prompt, 0, 4) != reply_tokens(prompt, 0, 4)
+
+
+@pytest.mark.asyncio
+async def test_usage_chunk_only_when_asked(base: str) -> None:
+    prompt = _prompt("[mock tokens=3 reasoning=2 delay_ms=0]")
+    events = await _raw_events(base, prompt, include_usage=True)
+    assert events[-1] == b"data: [DONE]\n\n"
+    *_, finish, last = _chunks(events)
+    assert finish["choices"][0]["finish_reason"] == "stop"
+    assert last["choices"] == []
+    prompt_words = len(" ".join(m["content"] for m in _messages(prompt)).split())
+    assert last["usage"] == {
+        "prompt_tokens": prompt_words,
+        "completion_tokens": 5,
+        "total_tokens": prompt_words + 5,
+        "completion_tokens_details": {"reasoning_tokens": 2},
+    }
+    unasked = _chunks(await _raw_events(base, _prompt("[mock tokens=3 delay_ms=0]")))
+    ignored = _chunks(await _raw_events(base, _prompt("[mock tokens=3 usage=0]"), True))
+    assert not any("usage" in chunk for chunk in unasked + ignored)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("reason", ["length", "content_filter", "tool_calls"])
+async def test_finish_reason_directive(client: openai.AsyncOpenAI, reason: str) -> None:
+    stream = await client.chat.completions.create(
+        model="gpt-test",
+        messages=_messages(_prompt(f"[mock tokens=2 delay_ms=0 finish={reason}]")),
+        stream=True,
+    )
+    chunks = [chunk async for chunk in stream]
+    assert [chunk.choices[0].finish_reason for chunk in chunks] == [None, None, None, reason]
+
+
+def _kind(event: bytes) -> str:
+    if event == COMMENT_EVENT:
+        return "comment"
+    chunk = json.loads(event[len(b"data: ") :])
+    if "usage" in chunk:
+        return "usage"
+    return "chunk" if chunk["choices"] else "empty"
+
+
+@pytest.mark.asyncio
+async def test_comments_empty_choices_and_no_done(base: str) -> None:
+    prompt = _prompt("[mock tokens=2 delay_ms=0 comments=1 empty_choices=1 done=0]")
+    events = await _raw_events(base, prompt, include_usage=True)
+    kinds = [_kind(event) for event in events]
+    # head, two tokens and the finish chunk each come after a comment and an empty chunk
+    assert kinds == ["comment", "empty", "chunk"] * 4 + ["comment", "empty", "usage"]
+    assert b"[DONE]" not in b"".join(events)
+    assert _deltas(_chunks(events), "content") == "".join(reply_tokens(prompt, 0, 2))
+
+
+@pytest.mark.asyncio
+async def test_error_after_sends_an_error_event_and_ends(base: str) -> None:
+    prompt = _prompt("[mock tokens=5 error_after=2 delay_ms=0]")
+    events = await _raw_events(base, prompt, include_usage=True)
+    chunks = _chunks(events)
+    assert chunks[-1]["error"] == {"code": 502, "message": STREAM_ERROR_MESSAGE}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "error"
+    assert not any("error" in chunk for chunk in chunks[:-1])
+    assert b"[DONE]" not in b"".join(events)
+    assert _deltas(chunks, "content") == "".join(reply_tokens(prompt, 0, 2))
+
+
+@pytest.mark.asyncio
+async def test_emissions_time_reasoning_apart(client: openai.AsyncOpenAI, base: str) -> None:
+    prompt = _prompt("[mock tokens=2 reasoning=3 delay_ms=1]")
+    await _stream_text(client, prompt, [])
+    async with httpx.AsyncClient() as http:
+        response = await http.get(f"{base}/_mock/emissions", params={"contains": prompt})
+    [record] = response.json()
+    assert record["reasoning"] == reasoning_tokens(prompt, 0, 3)
+    assert record["tokens"] == reply_tokens(prompt, 0, 2)
+    assert len(record["reasoning_emitted"]) == 3
+    assert len(record["emitted"]) == 2
+    assert record["reasoning_emitted"][-1] <= record["emitted"][0]
 
 
 @pytest.mark.asyncio
@@ -236,6 +374,18 @@ async def test_non_streaming_completion(client: openai.AsyncOpenAI) -> None:
     assert completion.choices[0].message.content == "".join(reply_tokens(prompt, 0, DEFAULT_TOKENS))
     assert completion.usage is not None
     assert completion.usage.completion_tokens == DEFAULT_TOKENS
+
+
+@pytest.mark.asyncio
+async def test_non_streaming_reasoning_and_finish(base: str) -> None:
+    prompt = _prompt("[mock tokens=2 reasoning=2 reasoning_field=reasoning finish=length]")
+    body = {"model": "gpt-test", "messages": _messages(prompt)}
+    async with httpx.AsyncClient() as http:
+        completion = (await http.post(f"{base}/v1/chat/completions", json=body)).json()
+    [choice] = completion["choices"]
+    assert choice["finish_reason"] == "length"
+    assert choice["message"]["reasoning"] == "".join(reasoning_tokens(prompt, 0, 2))
+    assert completion["usage"]["completion_tokens"] == 4
 
 
 @pytest.mark.asyncio
