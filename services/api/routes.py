@@ -6,12 +6,14 @@ import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from services.api.connections import Connections
-from services.api.posting import new_turn
+from services.api.owner import current_owner
+from services.api.posting import fingerprint, new_turn
 from services.api.relay import Subscription
 from services.api.turns import KeyTaken
 from shared.events import finished_event
@@ -39,32 +41,53 @@ async def get_connections(connection: HTTPConnection) -> Connections:
 
 Backends = Annotated[Connections, Depends(get_connections)]
 ConversationIdPath = Annotated[str, Path(pattern=CONVERSATION_ID.pattern)]
+Owner = Annotated[str, Depends(current_owner)]
 
 router = APIRouter()
 
 
-@router.post("/chat", status_code=status.HTTP_202_ACCEPTED)
+VALIDATION_ERROR = {"$ref": "#/components/schemas/HTTPValidationError"}
+KEY_REUSED = "this Idempotency-Key was used for a different request; send a new key"
+
+
+@router.post(
+    "/chat",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={
+        422: {
+            "description": "A field is invalid (named in `loc`), or the `Idempotency-Key` was "
+            "used before for a different request (`loc` names the header); nothing is stored",
+            "content": {"application/json": {"schema": VALIDATION_ERROR}},
+        }
+    },
+)
 async def post_chat(
     body: ChatRequest,
     backends: Backends,
+    owner: Owner,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> ChatAccepted:
     """Store the message and its reply's placeholder, then queue the reply.
 
     A retried request with the same `Idempotency-Key` gets the first answer, not a second reply.
+    A key belongs to its owner and to the request it came with (IETF Idempotency-Key draft):
+    reused for a different request, it is refused rather than answered with another's reply.
     """
-    turns = backends.turns
+    request_hash = fingerprint(body)
     turn = None
     if idempotency_key is not None:
-        turn = await backends.turn_store.find_turn(idempotency_key)
+        turn = await backends.turn_store.find_turn(owner, idempotency_key)
     if turn is None:
-        turn = new_turn(body.conversation_id or new_id(), body.message)
+        turn = new_turn(owner, body.conversation_id or new_id(), body.message, request_hash)
         try:
-            await turns.open(turn, idempotency_key)
+            await backends.turns.open(turn, idempotency_key)
         except KeyTaken:
-            turn = await backends.turn_store.find_turn(idempotency_key or "")
+            turn = await backends.turn_store.find_turn(owner, idempotency_key or "")
             if turn is None:
                 raise
+    if turn.request_hash != request_hash:
+        error = {"type": "idempotency_key_reused", "loc": ("header", "idempotency-key")}
+        raise RequestValidationError([{**error, "msg": KEY_REUSED}])
     return ChatAccepted(
         conversationId=turn.reply.conversation_id,
         userMessageId=turn.user.id,

@@ -15,6 +15,8 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.schemas import UNFINISHED, Message
 
 MESSAGES = "messages"
+LOCAL_OWNER = "local"
+"""The one user of an API without authentication, and the owner of documents stored before users."""
 UNFINISHED_VALUES = [status.value for status in UNFINISHED]
 
 

@@ -13,17 +13,36 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.schemas import Message
-from shared.store.documents import ORDER, messages_of, now, to_document
+from shared.store.documents import LOCAL_OWNER, ORDER, messages_of, now, to_document
 
 DUPLICATE_KEY = 11000
 
 
+LEGACY_KEY_INDEX = "idempotencyKey_1"
+"""The index of keys shared by every user, from before keys were scoped to their owner."""
+
+
 @dataclass(slots=True)
 class Turn:
-    """A user message and the reply it asks for, stored together."""
+    """A user message and the reply it asks for, stored together.
+
+    `request_hash` fingerprints the request that asked for it: an idempotency key replays
+    this turn only to the same request.
+    """
 
     user: Message
     reply: Message
+    owner: str = LOCAL_OWNER
+    request_hash: str | None = None
+
+    @classmethod
+    def from_documents(cls, user: dict[str, Any], reply: dict[str, Any]) -> "Turn":
+        return cls(
+            Message.from_document(user),
+            Message.from_document(reply),
+            user.get("owner", LOCAL_OWNER),
+            user.get("requestHash"),
+        )
 
 
 class TurnStore:
@@ -32,25 +51,33 @@ class TurnStore:
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index(
-            "idempotencyKey",
+            [("owner", ASCENDING), ("idempotencyKey", ASCENDING)],
             unique=True,
             partialFilterExpression={"idempotencyKey": {"$exists": True}},
         )
+        if LEGACY_KEY_INDEX in await self.messages.index_information():
+            await self.messages.drop_index(LEGACY_KEY_INDEX)
         await self.messages.create_index("createdAt", partialFilterExpression={"published": False})
 
     async def insert_turns(self, turns: list[tuple[Turn, str | None]]) -> set[int]:
         """Store many turns in one round trip; returns the positions whose key was taken.
 
         Each turn is its user message and its reply's placeholder, ordered by creation time.
-        A reused idempotency key fails only its own user message; the reply stored beside it
-        is removed again.
+        A key is scoped to its owner. A reused key fails only its own user message; the reply
+        stored beside it is removed again.
         """
         documents = []
         for turn, key in turns:
-            user_fields: dict[str, Any] = {"replyId": turn.reply.id}
+            user_fields: dict[str, Any] = {"owner": turn.owner, "replyId": turn.reply.id}
             if key is not None:
                 user_fields["idempotencyKey"] = key
-            reply_fields = {"userMessageId": turn.user.id, "published": False, "createdAt": now()}
+                user_fields["requestHash"] = turn.request_hash
+            reply_fields = {
+                "owner": turn.owner,
+                "userMessageId": turn.user.id,
+                "published": False,
+                "createdAt": now(),
+            }
             documents.append(to_document(turn.user, ORDER.tick(), user_fields))
             documents.append(to_document(turn.reply, ORDER.tick(), reply_fields))
         try:
@@ -69,14 +96,15 @@ class TurnStore:
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})
 
-    async def find_turn(self, idempotency_key: str) -> Turn | None:
-        user = await self.messages.find_one({"idempotencyKey": idempotency_key})
+    async def find_turn(self, owner: str, idempotency_key: str) -> Turn | None:
+        """The turn this owner stored with this key, with the fingerprint of its request."""
+        user = await self.messages.find_one({"owner": owner, "idempotencyKey": idempotency_key})
         if user is None:
             return None
         reply = await self.messages.find_one({"_id": user["replyId"]})
         if reply is None:
             return None
-        return Turn(Message.from_document(user), Message.from_document(reply))
+        return Turn.from_documents(user, reply)
 
     async def unpublished(self, older_than: timedelta, limit: int = 100) -> list[Turn]:
         """Turns whose job the broker has not confirmed, oldest first: the outbox."""
@@ -89,5 +117,5 @@ class TurnStore:
         async for reply in cursor:
             user = await self.messages.find_one({"_id": reply["userMessageId"]})
             if user is not None:
-                turns.append(Turn(Message.from_document(user), Message.from_document(reply)))
+                turns.append(Turn.from_documents(user, reply))
         return turns
