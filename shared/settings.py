@@ -1,9 +1,10 @@
 """Configuration from environment variables (and `.env`), defined once for both services."""
 
 from functools import lru_cache
+from typing import Annotated
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -32,6 +33,34 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(4096, ge=16)
     ws_ping_seconds: float = Field(20.0, gt=0)
     startup_timeout_seconds: float = Field(10.0, gt=0)
+
+    auth_jwt_secret: SecretStr | None = None
+    auth_jwks_url: str | None = None
+    auth_issuer: str | None = None
+    auth_audience: str | None = None
+    auth_leeway_seconds: float = Field(30.0, ge=0)
+    auth_jwks_cache_seconds: float = Field(300.0, gt=0)
+
+    rate_limit_per_minute: int = Field(30, ge=1)
+    max_active_replies: int = Field(4, ge=1)
+    max_websockets: int = Field(20, ge=1)
+    max_body_bytes: int = Field(262144, ge=1024)
+    cors_origins: Annotated[list[str], NoDecode] = []
+
+    @field_validator(
+        "auth_jwt_secret", "auth_jwks_url", "auth_issuer", "auth_audience", mode="before"
+    )
+    @classmethod
+    def empty_is_unset(cls, value: object) -> object:
+        """Compose passes `VAR=` for a variable left out of `.env`: that means unset."""
+        return None if value == "" else value
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def comma_separated(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip().rstrip("/") for origin in value.split(",") if origin.strip()]
+        return value
 
 
 @lru_cache

@@ -1,0 +1,256 @@
+"""Bearer JWT verification: what is accepted, and the reason named for what is not."""
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated, Any
+
+import httpx
+import jwt
+import pytest
+from fastapi import Depends, FastAPI
+
+from services.api.auth import (
+    OPEN_USER,
+    AuthUnavailable,
+    BearerUser,
+    ConfigurationInvalid,
+    OpenAccess,
+    TokenRejected,
+    TokenVerifier,
+    token_rejected,
+    verifier_from,
+)
+from services.api.jwks import KeySet
+from shared.settings import Settings
+from tests.tokens import TEST_SECRET, KeyServer, SigningKey, hs256
+
+LEEWAY = 30.0
+
+
+def secret_verifier(issuer: str | None = None, audience: str | None = None) -> TokenVerifier:
+    return TokenVerifier(TEST_SECRET, issuer, audience, LEEWAY)
+
+
+async def rejection(verifier: TokenVerifier, token: str | None) -> str:
+    with pytest.raises(TokenRejected) as refused:
+        await verifier.verify(token)
+    assert TEST_SECRET not in refused.value.description
+    return refused.value.error
+
+
+async def test_a_valid_token_names_its_user_and_expiry() -> None:
+    identity = await secret_verifier().verify(hs256("alice", ttl=60))
+    assert identity.user == "alice"
+    assert identity.expires_at is not None
+    assert 60 + LEEWAY - 5 < identity.expires_at - time.time() <= 60 + LEEWAY
+
+
+@pytest.mark.parametrize(
+    ("token", "error"),
+    [
+        (None, "missing_token"),
+        ("", "missing_token"),
+        ("not-a-jwt", "malformed_token"),
+        ("a.b.c", "malformed_token"),
+        (hs256(secret="another-secret-of-enough-length-0123456789"), "bad_signature"),
+        (hs256(ttl=-LEEWAY - 60), "expired_token"),
+        (hs256(nbf=int(time.time()) + 3600), "token_not_yet_valid"),
+        (hs256(exp=None), "missing_claim"),
+        (hs256(sub=None), "missing_claim"),
+        (hs256(sub="x" * 201), "invalid_subject"),
+        (
+            jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None, "none"),
+            "wrong_algorithm",
+        ),
+        (SigningKey.ec("k1").token(), "wrong_algorithm"),
+    ],
+)
+async def test_refused_tokens_name_what_is_wrong(token: str | None, error: str) -> None:
+    assert await rejection(secret_verifier(), token) == error
+
+
+async def test_a_token_expired_by_less_than_the_leeway_passes() -> None:
+    assert (await secret_verifier().verify(hs256(ttl=-LEEWAY / 2))).user == "alice"
+
+
+async def test_a_forged_expired_token_is_a_bad_signature_not_an_expiry() -> None:
+    forged = hs256(secret="another-secret-of-enough-length-0123456789", ttl=-3600)
+    assert await rejection(secret_verifier(), forged) == "bad_signature"
+
+
+async def test_audience_and_issuer_are_checked_when_configured() -> None:
+    verifier = secret_verifier(issuer="https://id.example", audience="chat-api")
+    good = hs256(iss="https://id.example", aud="chat-api")
+    assert (await verifier.verify(good)).user == "alice"
+    assert await rejection(verifier, hs256(iss="https://id.example", aud="other")) == (
+        "wrong_audience"
+    )
+    assert await rejection(verifier, hs256(iss="https://evil.example", aud="chat-api")) == (
+        "wrong_issuer"
+    )
+    assert await rejection(verifier, hs256(iss="https://id.example")) == "missing_claim"
+
+
+async def test_an_audience_in_the_token_is_ignored_when_none_is_configured() -> None:
+    assert (await secret_verifier().verify(hs256(aud="anything"))).user == "alice"
+
+
+@pytest.fixture
+def key_server() -> Iterator[KeyServer]:
+    server = KeyServer([SigningKey.rsa("rsa-1"), SigningKey.ec("ec-1")])
+    with server.running():
+        yield server
+
+
+@pytest.fixture
+async def jwks_verifier(key_server: KeyServer) -> AsyncIterator[TokenVerifier]:
+    verifier = TokenVerifier(KeySet(key_server.url, cache_seconds=300), None, "chat-api", LEEWAY)
+    try:
+        yield verifier
+    finally:
+        await verifier.close()
+
+
+async def test_jwks_tokens_of_either_algorithm_are_accepted(
+    key_server: KeyServer, jwks_verifier: TokenVerifier
+) -> None:
+    for key in key_server.keys:
+        assert (await jwks_verifier.verify(key.token("bob", aud="chat-api"))).user == "bob"
+    assert key_server.fetches == 1, "the key set is cached"
+
+
+async def test_jwks_refuses_what_its_keys_did_not_sign(
+    key_server: KeyServer, jwks_verifier: TokenVerifier
+) -> None:
+    impostor = SigningKey.rsa("rsa-1")  # same kid, another private key
+    assert await rejection(jwks_verifier, impostor.token(aud="chat-api")) == "bad_signature"
+    assert await rejection(jwks_verifier, hs256(aud="chat-api")) == "unknown_key"
+    assert await rejection(jwks_verifier, key_server.keys[0].token(aud="x")) == "wrong_audience"
+    assert await rejection(jwks_verifier, key_server.keys[0].token(aud="chat-api", ttl=-99)) == (
+        "expired_token"
+    )
+
+
+async def test_a_rotated_key_is_fetched_once_and_unknown_kids_are_rate_limited(
+    key_server: KeyServer, jwks_verifier: TokenVerifier
+) -> None:
+    old = key_server.keys[0]
+    assert (await jwks_verifier.verify(old.token(aud="chat-api"))).user == "alice"
+    rotated = SigningKey.rsa("rsa-2")
+    key_server.keys = [rotated]
+    assert (await jwks_verifier.verify(rotated.token(aud="chat-api"))).user == "alice"
+    assert key_server.fetches == 2, "an unknown kid refetches the key set once"
+    stranger = SigningKey.rsa("never-published")
+    for _ in range(5):
+        assert await rejection(jwks_verifier, stranger.token(aud="chat-api")) == "unknown_key"
+    assert key_server.fetches == 2, "made-up kids do not make the API hammer the provider"
+
+
+async def test_jwks_keeps_its_keys_when_the_provider_goes_away(key_server: KeyServer) -> None:
+    keys = KeySet(key_server.url, cache_seconds=0.01)
+    verifier = TokenVerifier(keys, None, None, LEEWAY)
+    try:
+        assert (await verifier.verify(key_server.keys[0].token())).user == "alice"
+        key_server.http.shutdown()
+        key_server.http.server_close()
+        await asyncio.sleep(0.05)  # past cache_seconds: the next use refetches
+        assert (await verifier.verify(key_server.keys[1].token())).user == "alice"
+    finally:
+        await verifier.close()
+
+
+async def test_an_unreachable_provider_is_unavailable_not_unauthorised() -> None:
+    verifier = TokenVerifier(KeySet("http://127.0.0.1:9/jwks", 300), None, None, LEEWAY)
+    try:
+        with pytest.raises(AuthUnavailable):
+            await verifier.verify(SigningKey.rsa("k").token())
+    finally:
+        await verifier.close()
+
+
+def settings(**values: Any) -> Settings:
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+def test_open_mode_is_announced_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        verifier = verifier_from(settings())
+    assert isinstance(verifier, OpenAccess)
+    assert "AUTHENTICATION IS OFF" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("values", "variable"),
+    [
+        ({"auth_jwt_secret": "short"}, "AUTH_JWT_SECRET"),
+        ({"auth_jwt_secret": TEST_SECRET, "auth_jwks_url": "http://x/jwks"}, "AUTH_JWKS_URL"),
+    ],
+)
+def test_unusable_settings_name_the_variable(values: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigurationInvalid, match=variable) as refused:
+        verifier_from(settings(**values))
+    assert "short" not in str(refused.value)
+
+
+async def test_open_mode_users_are_local() -> None:
+    assert (await OpenAccess().verify(None)).user == OPEN_USER
+
+
+def app_with(verifier: Any) -> FastAPI:
+    app = FastAPI()
+    app.state.verifier = verifier
+    app.add_exception_handler(TokenRejected, token_rejected)
+
+    @app.get("/whoami")
+    async def whoami(user: Annotated[str, Depends(BearerUser())]) -> dict[str, str]:
+        return {"user": user}
+
+    return app
+
+
+async def get(app: FastAPI, headers: dict[str, str]) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        return await client.get("/whoami", headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("headers", "error"),
+    [
+        ({}, "missing_token"),
+        ({"authorization": "Basic YWxpY2U6c2VjcmV0"}, "malformed_token"),
+        ({"authorization": "Bearer"}, "malformed_token"),
+        ({"authorization": f"Bearer {hs256(ttl=-3600)}"}, "expired_token"),
+    ],
+)
+async def test_the_dependency_answers_401_with_a_bearer_challenge(
+    headers: dict[str, str], error: str
+) -> None:
+    response = await get(app_with(secret_verifier()), headers)
+    assert response.status_code == 401
+    assert response.headers["www-authenticate"].startswith('Bearer realm="chat"')
+    assert response.json()["error"] == error
+    assert response.json()["detail"]
+
+
+async def test_the_dependency_gives_the_tokens_user() -> None:
+    response = await get(app_with(secret_verifier()), {"authorization": f"Bearer {hs256('bo')}"})
+    assert response.status_code == 200
+    assert response.json() == {"user": "bo"}
+
+
+async def test_open_mode_ignores_whatever_token_is_sent() -> None:
+    response = await get(app_with(OpenAccess()), {"authorization": "Bearer garbage"})
+    assert response.json() == {"user": OPEN_USER}
+
+
+def test_the_openapi_declares_bearer_auth() -> None:
+    schema = app_with(OpenAccess()).openapi()
+    assert schema["components"]["securitySchemes"]["BearerUser"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A JWT whose `sub` is the user; not needed when the API runs open.",
+    }
