@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
 from pymongo.asynchronous.database import AsyncDatabase
 
-from services.api.relay import Hub
+from services.api.hub import Hub
 from services.api.turns import PUBLISH_TIMEOUT_SECONDS, Turns
 from shared import broker
 from shared.events import MessageEvent, encode_batch
@@ -18,7 +18,6 @@ from shared.settings import Settings
 from shared.store.conversations import ConversationStore
 from shared.store.database import connect, ping
 from shared.store.turns import TurnStore
-from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +88,8 @@ class Connections:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self.connection.reconnect_callbacks.add(self._reconnected)
-        async with background(self.hub.listen(self.live)), self.turns.running():
+        async with self.hub.running(self.live), self.turns.running():
             yield
-        await self.hub.close()
         await self.connection.close()
         await self.database.client.close()
 

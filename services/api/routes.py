@@ -12,9 +12,10 @@ from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
 from services.api.connections import Connections
+from services.api.hub import Subscriber
+from services.api.keys import ConversationKey
 from services.api.owner import current_owner
 from services.api.posting import fingerprint, new_turn
-from services.api.relay import Subscription
 from services.api.turns import KeyTaken
 from shared.events import finished_event
 from shared.schemas import (
@@ -170,36 +171,43 @@ async def stream(websocket: WebSocket, conversation_id: str, backends: Backends)
         await websocket.close(code=1008, reason="conversationId must be 1-64 of A-Z a-z 0-9 _ -")
         return
     await websocket.accept()
-    async with backends.hub.subscribe(conversation_id) as subscription:
-        await websocket.send_text(await subscription.snapshot())
-        tasks = {
-            asyncio.create_task(_forward(subscription, websocket)),
-            asyncio.create_task(_closed_by_client(websocket)),
-            asyncio.create_task(subscription.overflowed.wait()),
-        }
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    if subscription.overflowed.is_set():
-        await _drop_slow_client(websocket, subscription)
+    async with backends.hub.subscribe(ConversationKey(conversation_id)) as events:
+        await _relay(events, websocket)
+    if events.overflowed.is_set():
+        await _drop_slow_client(websocket, backends.hub.capacity)
 
 
-async def _drop_slow_client(websocket: WebSocket, subscription: Subscription) -> None:
+async def _relay(events: Subscriber, websocket: WebSocket) -> None:
+    """Send the client its frames until it leaves or falls too far behind.
+
+    A client that stops reading blocks its send; its overflow still ends the relay.
+    """
+    tasks = {
+        asyncio.create_task(_forward(events, websocket)),
+        asyncio.create_task(_closed_by_client(websocket)),
+        asyncio.create_task(events.overflowed.wait()),
+    }
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)  # a send to a client that has left
+
+
+async def _drop_slow_client(websocket: WebSocket, capacity: int) -> None:
     """Tell a client that fell behind to reconnect for a fresh snapshot.
 
     A client that reads nothing at all never takes the close frame; then the server just lets
     go of it, and its socket closes once the kernel has handed over what is buffered.
     """
-    reason = f"fell more than {subscription.queue.maxsize} events behind; reconnect"
+    reason = f"fell more than {capacity} events behind; reconnect"
     with contextlib.suppress(Exception):
         async with asyncio.timeout(SLOW_CLIENT_CLOSE_SECONDS):
             await websocket.close(code=TRY_AGAIN_LATER, reason=reason)
 
 
-async def _forward(subscription: Subscription, websocket: WebSocket) -> None:
-    async for text in subscription:
-        await websocket.send_text(text)
+async def _forward(events: Subscriber, websocket: WebSocket) -> None:
+    async for frame in events:
+        await websocket.send_text(frame)
 
 
 async def _closed_by_client(websocket: WebSocket) -> None:

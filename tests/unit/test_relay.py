@@ -1,4 +1,4 @@
-"""The relay's Hub without a network: snapshots, filtering, gap repair and overflow.
+"""The relay's hub and live replies without a network: snapshots, filtering, repair, overflow.
 
 The store is a small fake of our own ConversationStore's read interface; events are fed straight to
 `Hub.receive`, and what a subscriber is sent is rebuilt with the same checker the WebSocket
@@ -12,7 +12,8 @@ from typing import Any, cast
 import orjson
 import pytest
 
-from services.api.relay import Hub, SlowSubscriber, Subscription
+from services.api.hub import Hub, Subscriber
+from services.api.keys import ConversationKey
 from shared.events import delta_event, message_event
 from shared.schemas import Message, Status
 from shared.store.conversations import ConversationStore
@@ -20,6 +21,8 @@ from tests.clients import Rebuilder
 from tests.factories import message
 
 CONVERSATION = "c1"
+KEY = ConversationKey(CONVERSATION)
+NOTHING_MORE_SECONDS = 0.05
 FRAME_TIMEOUT = 2.0
 
 
@@ -89,12 +92,25 @@ def stream_to(hub: Hub, seq: int, start: int = 1, attempt: int = 1) -> None:
         hub.receive(delta(index, attempt))
 
 
-async def take(subscription: Subscription, count: int) -> list[dict[str, Any]]:
+async def take(subscriber: Subscriber, count: int) -> list[dict[str, Any]]:
     """The next `count` frames the subscriber is sent, failing if they do not come."""
     return [
-        orjson.loads(await asyncio.wait_for(anext(subscription), FRAME_TIMEOUT))
-        for _ in range(count)
+        orjson.loads(await asyncio.wait_for(anext(subscriber), FRAME_TIMEOUT)) for _ in range(count)
     ]
+
+
+async def snapshot_of(subscriber: Subscriber) -> dict[str, Any]:
+    (first,) = await take(subscriber, 1)
+    return first
+
+
+async def nothing_more(subscriber: Subscriber) -> bool:
+    """Whether the subscriber has no further frame ready (everything here is sent at once)."""
+    try:
+        await asyncio.wait_for(anext(subscriber), NOTHING_MORE_SECONDS)
+    except TimeoutError:
+        return True
+    return False
 
 
 async def test_snapshot_is_the_stored_state_brought_up_to_the_live_tail(
@@ -104,21 +120,22 @@ async def test_snapshot_is_the_stored_state_brought_up_to_the_live_tail(
     store.put(user)
     store.put(reply(seq=1, text=text_upto(1)))  # MongoDB is behind
     stream_to(hub, 4)
-    async with hub.subscribe(CONVERSATION) as subscription:
-        snapshot = orjson.loads(await subscription.snapshot())
+    async with hub.subscribe(KEY) as subscriber:
+        snapshot = await snapshot_of(subscriber)
     assert snapshot["type"] == "snapshot"
     assert snapshot["conversationId"] == CONVERSATION
     first, second = (Message.model_validate(item) for item in snapshot["messages"])
     assert first == user
     assert (second.id, second.seq, second.message) == ("r1", 4, text_upto(4))
-    assert hub.subscriber_count == 0, "leaving the context unsubscribes"
+    with pytest.raises(StopAsyncIteration):  # leaving the context unsubscribes
+        await asyncio.wait_for(anext(subscriber), FRAME_TIMEOUT)
 
 
 async def test_snapshot_keeps_the_stored_state_when_it_is_ahead(hub: Hub, store: FakeStore) -> None:
     store.put(reply(seq=5, text=text_upto(5), status=Status.COMPLETED))
     stream_to(hub, 2)  # this instance missed the end
-    async with hub.subscribe(CONVERSATION) as subscription:
-        (stored,) = orjson.loads(await subscription.snapshot())["messages"]
+    async with hub.subscribe(KEY) as subscriber:
+        (stored,) = (await snapshot_of(subscriber))["messages"]
     assert (stored["seq"], stored["status"], stored["message"]) == (5, "completed", text_upto(5))
 
 
@@ -135,13 +152,13 @@ async def test_events_that_arrive_during_the_snapshot_read_are_not_sent_twice(
         stream_to(hub, 3, start=2)
 
     store.during_read = live_events
-    async with hub.subscribe(CONVERSATION) as subscription:
+    async with hub.subscribe(KEY) as subscriber:
         rebuilder = Rebuilder(CONVERSATION)
-        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        rebuilder.apply(await snapshot_of(subscriber))
         hub.receive(delta(4))
-        sent = await take(subscription, 1)
+        sent = await take(subscriber, 1)
         rebuilder.apply(sent[0])
-        assert subscription.queue.empty()
+        assert await nothing_more(subscriber)
     assert rebuilder.snapshot is not None
     assert [item.id for item in rebuilder.snapshot][-1] == user.id
     assert [frame["seq"] for frame in sent] == [4], "queued deltas 2-3 are in the snapshot"
@@ -149,16 +166,16 @@ async def test_events_that_arrive_during_the_snapshot_read_are_not_sent_twice(
 
 
 async def test_duplicate_and_stale_deltas_are_dropped(hub: Hub) -> None:
-    async with hub.subscribe(CONVERSATION) as subscription:
-        await subscription.snapshot()
+    async with hub.subscribe(KEY) as subscriber:
+        await snapshot_of(subscriber)
         hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
         stream_to(hub, 2)
         hub.receive(delta(2))
         hub.receive(delta(1))
         hub.receive(delta(3, attempt=0))  # from an attempt that was superseded
         hub.receive(delta(3))
-        frames = await take(subscription, 5)
-        assert subscription.queue.empty()
+        frames = await take(subscriber, 5)
+        assert await nothing_more(subscriber)
     assert [(frame["type"], frame.get("seq")) for frame in frames] == [
         ("message.created", None),
         ("message.updated", None),
@@ -171,22 +188,22 @@ async def test_duplicate_and_stale_deltas_are_dropped(hub: Hub) -> None:
 async def test_a_gap_is_held_back_and_repaired_from_the_store(hub: Hub, store: FakeStore) -> None:
     store.put(reply(seq=2, text=text_upto(2)))
     stream_to(hub, 2)
-    async with hub.subscribe(CONVERSATION) as subscription:
+    async with hub.subscribe(KEY) as subscriber:
         rebuilder = Rebuilder(CONVERSATION)
-        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        rebuilder.apply(await snapshot_of(subscriber))
         hub.receive(delta(4))  # delta 3 was lost on the way
         hub.receive(delta(5))
-        assert subscription.queue.empty(), "nothing after a gap is shown before the repair"
+        assert await nothing_more(subscriber), "nothing after a gap is shown before the repair"
 
         await _until(lambda: store.gets >= 1)  # the repair asked MongoDB, which is behind
         store.put(reply(seq=3, text=text_upto(3)))  # MongoDB catches up
         frames = []
         while rebuilder.seq("r1") < 5:
-            (frame,) = await take(subscription, 1)
+            (frame,) = await take(subscriber, 1)
             rebuilder.apply(frame)
             frames.append(frame)
         hub.receive(delta(6))
-        (after,) = await take(subscription, 1)
+        (after,) = await take(subscriber, 1)
         rebuilder.apply(after)
     assert all(frame["type"] == "message.updated" for frame in frames)
     assert after["type"] == "message.delta" and after["seq"] == 6
@@ -194,57 +211,59 @@ async def test_a_gap_is_held_back_and_repaired_from_the_store(hub: Hub, store: F
 
 
 async def test_a_retry_restarts_the_reply_and_drops_the_old_attempt(hub: Hub) -> None:
-    async with hub.subscribe(CONVERSATION) as subscription:
+    async with hub.subscribe(KEY) as subscriber:
         rebuilder = Rebuilder(CONVERSATION)
-        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        rebuilder.apply(await snapshot_of(subscriber))
         hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
         stream_to(hub, 2, attempt=1)
         stream_to(hub, 1, attempt=2)  # redelivered after a crash: from seq 0 again
         hub.receive(delta(3, attempt=1))  # a straggler of the dead attempt
         hub.receive(delta(2, attempt=2))
-        for frame in await take(subscription, 7):
+        for frame in await take(subscriber, 7):
             rebuilder.apply(frame)
-        assert subscription.queue.empty()
+        assert await nothing_more(subscriber)
     current = rebuilder.messages["r1"]
     assert (current.attempt, current.seq, current.message) == (2, 2, text_upto(2))
 
 
 async def test_completion_replaces_the_copy_and_later_deltas_are_dropped(hub: Hub) -> None:
-    async with hub.subscribe(CONVERSATION) as subscription:
+    async with hub.subscribe(KEY) as subscriber:
         rebuilder = Rebuilder(CONVERSATION)
-        rebuilder.apply(orjson.loads(await subscription.snapshot()))
+        rebuilder.apply(await snapshot_of(subscriber))
         hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
         stream_to(hub, 3)
         done = reply(seq=3, text=text_upto(3), status=Status.COMPLETED)
         hub.receive(event("message.completed", done))
         hub.receive(delta(3))
-        for frame in await take(subscription, 6):
+        for frame in await take(subscriber, 6):
             rebuilder.apply(frame)
-        assert subscription.queue.empty()
+        assert await nothing_more(subscriber)
     assert rebuilder.messages["r1"] == done
 
 
 async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
-    async with hub.subscribe(CONVERSATION) as mine, hub.subscribe("c2") as other:
-        await mine.snapshot()
-        await other.snapshot()
+    async with hub.subscribe(KEY) as mine, hub.subscribe(ConversationKey("c2")) as other:
+        await snapshot_of(mine)
+        await snapshot_of(other)
         hub.receive(event("message.created", message("user", "for c2", conversation_id="c2")))
         hub.receive(delta(1, conversation_id="c2"))
-        assert mine.queue.empty()
-        assert not other.queue.empty()
+        (created,) = await take(other, 1)
+        assert created["message"]["conversationId"] == "c2"
+        assert await nothing_more(mine)
 
 
 async def test_a_subscriber_that_falls_too_far_behind_is_told_to_reconnect(
     store: FakeStore,
 ) -> None:
     hub = Hub(cast(ConversationStore, store), capacity=16)
-    async with hub.subscribe(CONVERSATION) as slow, hub.subscribe(CONVERSATION) as fast:
-        await slow.snapshot()
-        await fast.snapshot()
+    async with hub.subscribe(KEY) as slow, hub.subscribe(KEY) as fast:
+        await snapshot_of(slow)
+        await snapshot_of(fast)
         stream_to(hub, 8)
         await take(fast, 9)
         stream_to(hub, 17, start=9)
-        with pytest.raises(SlowSubscriber):
+        assert slow.overflowed.is_set()
+        with pytest.raises(StopAsyncIteration):
             await asyncio.wait_for(anext(slow), FRAME_TIMEOUT)
         assert len(await take(fast, 9)) == 9, "others are not held back by the slow one"
     await hub.close()

@@ -1,27 +1,23 @@
-"""Relay of live events from the fanout exchange to this instance's WebSocket subscribers.
+"""The live state of the replies in flight, as this API instance hears them on the fanout.
 
-One listener task reads the fanout and feeds bounded per-subscriber queues (the shape of
-encode/broadcaster). Because MongoDB is written only every few hundred milliseconds, the relay
-also keeps the live tail of every reply in flight: a new subscriber's snapshot is MongoDB's
-state brought up to date from that tail, and the events queued before the snapshot was taken
-are filtered by version, so the stream continues from the snapshot with no gap and no
-duplicate. A gap in the fanout (a lost delta, a missed start, a broker outage) is repaired from
-MongoDB with a `message.updated` instead of being shown to clients.
+MongoDB is written only every few hundred milliseconds, so every instance keeps the live tail of
+every reply in flight: a new subscriber's snapshot is MongoDB's state brought up to that tail. A
+gap in the fanout (a lost delta, a missed start, a broker outage) is repaired from MongoDB with a
+`message.updated` instead of being shown to clients, and after a broker reconnection every reply
+in flight is checked against MongoDB the same way. What clients must be told goes to `send`.
 """
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import defaultdict, deque
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-import orjson
-from aio_pika.abc import AbstractQueue
 from pydantic import ValidationError
 
-from shared.events import DELTA, FINISHED_EVENT, SNAPSHOT, UPDATED, decode_batch
+from services.api.keys import ConversationKey
+from shared.events import DELTA, FINISHED_EVENT, UPDATED
 from shared.schemas import Message, Status
 from shared.store.conversations import ConversationStore
 
@@ -34,6 +30,9 @@ A finished state outranks any unfinished one of its attempt, even one with more 
 reply failed by another process carries MongoDB's text, which may lag the live stream.
 """
 
+Send = Callable[[dict[str, Any], Version, dict[str, Any]], None]
+"""Tell the subscribers of a message's conversation an event that brings them to a version."""
+
 DELTA_FIELDS = ("type", "conversationId", "messageId", "seq", "delta")
 RETAIN_FINISHED_SECONDS = 60.0
 REPAIR_POLL_SECONDS = (0.05, 1.0)
@@ -42,14 +41,6 @@ REPAIR_GIVE_UP_SECONDS = 600.0
 
 def version_of(message: dict[str, Any]) -> Version:
     return (message.get("attempt", 0), int(message["status"] in FINISHED_EVENT), message["seq"])
-
-
-def frame(event: dict[str, Any]) -> str:
-    return orjson.dumps(event).decode()
-
-
-class SlowSubscriber(Exception):
-    """The client fell too far behind; it should reconnect for a fresh snapshot."""
 
 
 class Tail:
@@ -98,89 +89,30 @@ class Tail:
         return not self.finished and (delta["attempt"], delta["seq"]) > position
 
 
-class Subscription:
-    def __init__(self, hub: "Hub", conversation_id: str, capacity: int) -> None:
-        self.hub = hub
-        self.conversation_id = conversation_id
-        self.queue: asyncio.Queue[tuple[str, Version, str]] = asyncio.Queue(capacity)
-        self.floor: dict[str, Version] = {}
-        """The version of each message this client has, from the snapshot and the events since."""
-        self.overflowed = asyncio.Event()
+class LiveReplies:
+    """The tails of the replies in flight, and the repairs that fill their gaps from MongoDB."""
 
-    def push(self, message_id: str, version: Version, text: str) -> None:
-        try:
-            self.queue.put_nowait((message_id, version, text))
-        except asyncio.QueueFull:
-            self.overflowed.set()
-
-    async def snapshot(self) -> str:
-        """The conversation as stored, brought up to the live tail; sets the filter floor."""
-        stored = await self.hub.store.list_messages(self.conversation_id)
-        messages = []
-        for message in stored:
-            state = message.to_wire()
-            tail = self.hub.tails.get(message.id)
-            if tail is not None and tail.version > version_of(state):
-                state = tail.state()
-            self.floor[message.id] = version_of(state)
-            messages.append(state)
-        return frame(
-            {"type": SNAPSHOT, "conversationId": self.conversation_id, "messages": messages}
-        )
-
-    def __aiter__(self) -> "Subscription":
-        return self
-
-    async def __anext__(self) -> str:
-        while True:
-            if self.overflowed.is_set():
-                raise SlowSubscriber(f"fell more than {self.queue.maxsize} events behind")
-            message_id, version, text = await self.queue.get()
-            floor = self.floor.get(message_id)
-            if floor is None or version > floor:
-                self.floor[message_id] = version  # so a repeat (say, from the outbox) is dropped
-                return text
-
-
-class Hub:
-    def __init__(self, store: ConversationStore, capacity: int) -> None:
+    def __init__(self, store: ConversationStore, send: Send) -> None:
         self.store = store
-        self.capacity = capacity
+        self._send = send
         self.tails: dict[str, Tail] = {}
-        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._finished: deque[tuple[float, str]] = deque()
         self._repairs: set[asyncio.Task[None]] = set()
 
-    @contextlib.asynccontextmanager
-    async def subscribe(self, conversation_id: str) -> AsyncIterator[Subscription]:
-        """Registered before the snapshot is read, so nothing falls between the two."""
-        subscription = Subscription(self, conversation_id, self.capacity)
-        subscribers = self._subscribers[conversation_id]
-        subscribers.add(subscription)
-        try:
-            yield subscription
-        finally:
-            subscribers.discard(subscription)
-            if not subscribers:
-                del self._subscribers[conversation_id]
-
-    @property
-    def subscriber_count(self) -> int:
-        return sum(len(subscribers) for subscribers in self._subscribers.values())
-
-    async def listen(self, queue: AbstractQueue) -> None:
-        async with queue.iterator(no_ack=True) as deliveries:
-            async for delivery in deliveries:
-                try:
-                    events = decode_batch(delivery.body)
-                except ValueError as error:
-                    log.error("dropping an undecodable event batch: %s", error)
-                    continue
-                for event in events:
-                    self.receive(event)
-                self._expire_finished()
+    async def snapshot(self, key: ConversationKey) -> list[dict[str, Any]]:
+        """The conversation as stored, each reply brought up to its live tail if that is ahead."""
+        stored = await self.store.list_messages(key.conversation_id)
+        messages = []
+        for message in stored:
+            state = message.to_wire()
+            tail = self.tails.get(message.id)
+            if tail is not None and tail.version > version_of(state):
+                state = tail.state()
+            messages.append(state)
+        return messages
 
     def receive(self, event: dict[str, Any]) -> None:
+        """Apply one event of the fanout and tell clients what changed for them."""
         try:
             if event["type"] == DELTA:
                 self._receive_delta(event)
@@ -233,13 +165,6 @@ class Hub:
         if message["status"] in FINISHED_EVENT:
             tail.finished_at = time.monotonic()
             self._finished.append((tail.finished_at, message["id"]))
-
-    def _send(self, message: dict[str, Any], version: Version, event: dict[str, Any]) -> None:
-        subscribers = self._subscribers.get(message["conversationId"])
-        if subscribers:
-            text = frame(event)
-            for subscription in subscribers:
-                subscription.push(message["id"], version, text)
 
     def _placeholder(self, delta: dict[str, Any]) -> Tail:
         """A reply first seen mid-stream; it takes its real state from MongoDB."""
@@ -299,7 +224,8 @@ class Hub:
             if tail.finished_at is None:
                 self._repair_soon(tail)
 
-    def _expire_finished(self) -> None:
+    def expire_finished(self) -> None:
+        """Forget replies finished long enough ago that no late event can concern them."""
         horizon = time.monotonic() - RETAIN_FINISHED_SECONDS
         while self._finished and self._finished[0][0] < horizon:
             _, message_id = self._finished.popleft()
@@ -308,5 +234,8 @@ class Hub:
                 del self.tails[message_id]
 
     async def close(self) -> None:
-        for task in list(self._repairs):
+        """Stop repairing: cancel the repairs under way and wait until they have ended."""
+        repairs = list(self._repairs)
+        for task in repairs:
             task.cancel()
+        await asyncio.gather(*repairs, return_exceptions=True)

@@ -1,0 +1,157 @@
+"""This instance's WebSocket subscribers, fed from the fanout exchange (encode/broadcaster's shape).
+
+The hub owns one listener task that reads this instance's fanout queue and hands each event to
+the live state of replies (`services.api.live`), which decides what clients must be told.
+A subscriber holds only a bounded queue of frames:
+
+    async with hub.subscribe(key) as events:
+        async for frame in events:  # the snapshot, then every change after it
+            ...
+
+A subscriber that falls more than `capacity` frames behind is dropped: its `overflowed` is set
+and its frames end, so one slow client never holds the others back nor grows the server.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aio_pika.abc import AbstractQueue
+
+from services.api.keys import ConversationKey, key_of
+from services.api.live import LiveReplies, Version, version_of
+from shared.events import SNAPSHOT, decode_batch
+from shared.store.conversations import ConversationStore
+
+log = logging.getLogger(__name__)
+
+Frame = tuple[str, Version, str]
+"""A frame queued for a client: the message it concerns, the version it brings, its text."""
+
+
+def encode(event: dict[str, Any]) -> str:
+    return orjson.dumps(event).decode()
+
+
+class Subscriber:
+    """One client's frames: its snapshot first, then each queued frame that is news to it.
+
+    The snapshot sets the version the client has of every message; a queued frame that does
+    not bring a message past it (queued while the snapshot was read, or a repeat from the
+    outbox) is skipped.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._queue: asyncio.Queue[Frame] = asyncio.Queue(capacity)
+        self._snapshot: str | None = None
+        self._has: dict[str, Version] = {}
+        self._ended = False
+        self.overflowed = asyncio.Event()
+
+    def offer(self, frame: Frame) -> bool:
+        """Queue a frame; False, and `overflowed` set, if the client is too far behind."""
+        try:
+            self._queue.put_nowait(frame)
+        except asyncio.QueueFull:
+            self.overflowed.set()
+            return False
+        return True
+
+    def start(self, snapshot: str, versions: dict[str, Version]) -> None:
+        self._snapshot = snapshot
+        self._has = versions
+
+    def end(self) -> None:
+        """No more frames: the client unsubscribed."""
+        self._ended = True
+
+    def __aiter__(self) -> "Subscriber":
+        return self
+
+    async def __anext__(self) -> str:
+        if self._snapshot is not None:
+            snapshot, self._snapshot = self._snapshot, None
+            return snapshot
+        while not (self.overflowed.is_set() or self._ended):
+            message_id, version, text = await self._queue.get()
+            has = self._has.get(message_id)
+            if has is None or version > has:
+                self._has[message_id] = version
+                return text
+        raise StopAsyncIteration
+
+
+class Hub:
+    def __init__(self, store: ConversationStore, capacity: int) -> None:
+        self.capacity = capacity
+        self.replies = LiveReplies(store, self._send)
+        self._subscribers: dict[ConversationKey, set[Subscriber]] = {}
+
+    @contextlib.asynccontextmanager
+    async def running(self, queue: AbstractQueue) -> AsyncIterator[None]:
+        """Listen to the fanout `queue` for the block; then stop listening and repairing."""
+        listener = asyncio.create_task(self._listen(queue))
+        try:
+            yield
+        finally:
+            listener.cancel()
+            await asyncio.gather(listener, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        await self.replies.close()
+
+    @contextlib.asynccontextmanager
+    async def subscribe(self, key: ConversationKey) -> AsyncIterator[Subscriber]:
+        """Registered before the snapshot is read, so nothing falls between the two."""
+        subscriber = Subscriber(self.capacity)
+        self._subscribers.setdefault(key, set()).add(subscriber)
+        try:
+            messages = await self.replies.snapshot(key)
+            snapshot = {"type": SNAPSHOT, "conversationId": key.conversation_id}
+            subscriber.start(
+                encode({**snapshot, "messages": messages}),
+                {message["id"]: version_of(message) for message in messages},
+            )
+            yield subscriber
+        finally:
+            subscriber.end()
+            self._unsubscribe(key, subscriber)
+
+    def _unsubscribe(self, key: ConversationKey, subscriber: Subscriber) -> None:
+        subscribers = self._subscribers.get(key)
+        if subscribers is not None:
+            subscribers.discard(subscriber)
+            if not subscribers:
+                del self._subscribers[key]
+
+    def receive(self, event: dict[str, Any]) -> None:
+        """One event of the fanout, applied to the live replies, which tell the subscribers."""
+        self.replies.receive(event)
+
+    def resynchronise(self) -> None:
+        """After a broker reconnection: catch up on what the fanout missed meanwhile."""
+        self.replies.resynchronise()
+
+    async def _listen(self, queue: AbstractQueue) -> None:
+        async with queue.iterator(no_ack=True) as deliveries:
+            async for delivery in deliveries:
+                try:
+                    events = decode_batch(delivery.body)
+                except ValueError as error:
+                    log.error("dropping an undecodable event batch: %s", error)
+                    continue
+                for event in events:
+                    self.receive(event)
+                self.replies.expire_finished()
+
+    def _send(self, message: dict[str, Any], version: Version, event: dict[str, Any]) -> None:
+        key = key_of(message)
+        subscribers = self._subscribers.get(key)
+        if subscribers:
+            frame = (message["id"], version, encode(event))
+            for subscriber in [s for s in subscribers if not s.offer(frame)]:
+                self._unsubscribe(key, subscriber)
