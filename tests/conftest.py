@@ -5,6 +5,8 @@ import contextlib
 import psutil
 import pytest
 
+pytest_plugins = ("tests.browser",)
+
 STOP_TIMEOUT = 10.0
 
 

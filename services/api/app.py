@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
 from services.api.connections import Connections
+from services.api.page import add_page
 from services.api.routes import router
 
 
@@ -20,10 +21,13 @@ def create_app(connections: Connections) -> FastAPI:
     app = FastAPI(
         title="Streaming chat API",
         lifespan=lifespan,
+        docs_url=None,  # served by add_page from vendored files
+        redoc_url=None,  # ReDoc would come from a CDN
     )
     app.state.connections = connections
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router)
+    add_page(app)
     return app
 
 

@@ -1,0 +1,142 @@
+"""The chat page in a real browser: Playwright driving Debian's Chromium (`apt-get install
+chromium`; Playwright's own browser download is not used), and a driver that reads the page as
+a user does: what each message shows, its status line, the buttons there are.
+"""
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.async_api import Browser, BrowserContext, Dialog, Locator, Page, async_playwright
+
+from tests.helpers import eventually
+from tests.infra import InfrastructureMissing
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+DESKTOP = {"width": 1100, "height": 720}
+PHONE = {"width": 390, "height": 760}
+WAIT_SECONDS = 20.0
+
+
+def chromium_installed() -> bool:
+    return Path(CHROMIUM).exists()
+
+
+@pytest.fixture(scope="session")
+async def browser() -> AsyncIterator[Browser]:
+    if not chromium_installed():
+        raise InfrastructureMissing(f"no Chromium at {CHROMIUM}: apt-get install chromium")
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
+    """A fresh browser profile per test: its own session storage, cookies and tabs."""
+    fresh = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    try:
+        yield fresh
+    finally:
+        await fresh.close()
+
+
+def words(text: str) -> list[str]:
+    """Rendered Markdown trims and folds whitespace; the words themselves must match exactly."""
+    return text.split()
+
+
+class ChatPage:
+    """One tab of the chat page, with every script error and dialog it raised recorded."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("dialog", self._on_dialog)
+        self.confirm_answer = False
+
+    @classmethod
+    async def open(cls, context: BrowserContext, base_url: str, fragment: str = "") -> "ChatPage":
+        chat = cls(await context.new_page())
+        await chat.page.goto(f"{base_url}/{fragment}")
+        return chat
+
+    async def _on_dialog(self, dialog: Dialog) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        if dialog.type == "confirm" and self.confirm_answer:
+            await dialog.accept()
+        else:
+            await dialog.dismiss()
+
+    async def send(self, text: str) -> None:
+        """Type into the message box and press Enter, as a user does."""
+        box = self.page.locator("#message-box")
+        await box.fill(text)
+        await box.press("Enter")
+        await eventually(
+            lambda: self._box_empty(), WAIT_SECONDS, what="the message box to clear after sending"
+        )
+
+    async def _box_empty(self) -> bool:
+        return await self.page.locator("#message-box").input_value() == ""
+
+    async def conversation_id(self) -> str:
+        async def from_url() -> str:
+            fragment = await self.page.evaluate("location.hash")
+            return str(fragment).removeprefix("#c=") if fragment.startswith("#c=") else ""
+
+        return await eventually(from_url, WAIT_SECONDS, what="a conversation id in the URL")
+
+    def messages(self, sender: str | None = None) -> Locator:
+        return self.page.locator(f"article.message{'.' + sender if sender else ''}")
+
+    def message(self, message_id: str) -> Locator:
+        return self.page.locator(f'article.message[data-id="{message_id}"]')
+
+    async def last_id(self, sender: str) -> str:
+        async def last() -> str:
+            items = self.messages(sender)
+            count = await items.count()
+            if not count:
+                return ""
+            return await items.nth(count - 1).get_attribute("data-id") or ""
+
+        return await eventually(last, WAIT_SECONDS, what=f"a {sender} message on the page")
+
+    async def text(self, message_id: str) -> str:
+        return await self.message(message_id).locator(".body").inner_text()
+
+    async def status(self, message_id: str) -> str:
+        return await self.message(message_id).locator(".status").inner_text()
+
+    async def state(self, message_id: str) -> str:
+        return await self.message(message_id).get_attribute("data-status") or ""
+
+    async def finished(self, message_id: str, timeout: float = WAIT_SECONDS) -> str:
+        """Wait until the page shows the reply finished; return its status."""
+
+        async def done() -> str:
+            state = await self.state(message_id)
+            return state if state in ("completed", "failed") else ""
+
+        return await eventually(done, timeout, what=f"the page to show {message_id} finished")
+
+    async def words_shown(self, message_id: str, at_least: int) -> list[str]:
+        async def enough() -> list[str]:
+            shown = words(await self.text(message_id))
+            return shown if len(shown) >= at_least else []
+
+        return await eventually(enough, WAIT_SECONDS, what=f"{at_least} words of {message_id}")
+
+    async def connection(self) -> str:
+        return await self.page.locator("#connection").get_attribute("data-state") or ""
+
+    async def evaluate(self, script: str) -> Any:
+        return await self.page.evaluate(script)
