@@ -23,7 +23,12 @@ UNFINISHED = frozenset(Status) - FINISHED
 
 
 def utc_timestamp() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_timestamp(datetime.now(UTC))
+
+
+def iso_timestamp(moment: datetime) -> str:
+    """ISO 8601 in UTC to the millisecond, as every timestamp on the wire is written."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 class WireModel(BaseModel):
@@ -89,3 +94,25 @@ class StopRequest(WireModel):
 
     conversation_id: str = Field(alias="conversationId")
     message_id: str = Field(alias="messageId")
+
+
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_not_blank)]
+
+
+class Conversation(WireModel):
+    """A conversation as listed: `updatedAt` is when its latest message was posted."""
+
+    conversation_id: str = Field(alias="conversationId")
+    title: str
+    created_at: str = Field(alias="createdAt")
+    updated_at: str = Field(alias="updatedAt")
+    message_count: int = Field(alias="messageCount", ge=0)
+
+
+class ConversationPage(WireModel):
+    conversations: list[Conversation]
+    next: str | None = Field(description="Pass as `before` for the next page; null on the last.")
+
+
+class ConversationRename(WireModel):
+    title: Title

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from pymongo.errors import PyMongoError
 
+from services.api import conversations
 from services.api.connections import Connections
 from services.api.page import add_page
 from services.api.routes import router
@@ -27,6 +28,7 @@ def create_app(connections: Connections) -> FastAPI:
     app.state.connections = connections
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router)
+    app.include_router(conversations.router)
     add_page(app)
     return app
 

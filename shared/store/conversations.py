@@ -1,18 +1,101 @@
-"""The API's reads of a conversation, and the stop request, the one write a reader makes."""
+"""The API's reads of conversations, and the writes a user makes to one: stop, rename.
 
-from pymongo import ASCENDING, ReturnDocument
+A conversation document (`conversations`, one per owner and conversation id) summarises its
+messages for the list: title, creation and last-post times, message count. The writes that add
+messages keep it current (`turns`); this module only reads it, renames and deletes it.
+"""
+
+import base64
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.schemas import Message, Status
-from shared.store.documents import find_message, messages_of
+from shared.schemas import Conversation, Message, Status, iso_timestamp
+from shared.store.documents import (
+    conversation_key,
+    conversations_of,
+    find_message,
+    messages_of,
+)
+
+LIST_ORDER = [("updatedAt", DESCENDING), ("conversationId", DESCENDING)]
+
+
+class Position(NamedTuple):
+    """Where a page of the list ended: the cursor is this, not an offset, so that conversations
+    that become active meanwhile (and move to the top) do not shift the pages after it."""
+
+    updated_at: datetime
+    conversation_id: str
+
+    def encode(self) -> str:
+        milliseconds = int(self.updated_at.timestamp() * 1000)
+        raw = f"{milliseconds}|{self.conversation_id}".encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, cursor: str) -> "Position":
+        """Raises ValueError for anything `encode` did not write."""
+        try:
+            raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+            milliseconds, conversation_id = raw.split("|", 1)
+            moment = datetime.fromtimestamp(int(milliseconds) / 1000, UTC)
+        except (ValueError, UnicodeDecodeError, OverflowError, OSError) as error:
+            raise ValueError("not a cursor this API gave out") from error
+        return cls(moment, conversation_id)
+
+
+def to_conversation(document: dict[str, Any]) -> Conversation:
+    return Conversation(
+        conversationId=document["conversationId"],
+        title=document["title"],
+        createdAt=iso_timestamp(document["createdAt"]),
+        updatedAt=iso_timestamp(document["updatedAt"]),
+        messageCount=document["messageCount"],
+    )
 
 
 class ConversationStore:
     def __init__(self, database: AsyncDatabase) -> None:
         self.messages = messages_of(database)
+        self.conversations = conversations_of(database)
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index([("conversationId", ASCENDING), ("order", ASCENDING)])
+        await self.conversations.create_index([("owner", ASCENDING), *LIST_ORDER])
+
+    async def list_conversations(
+        self, owner: str, limit: int, before: Position | None
+    ) -> tuple[list[Conversation], Position | None]:
+        """Most recently active first; the position to continue from, None on the last page."""
+        query: dict[str, Any] = {"owner": owner}
+        if before is not None:
+            query["$or"] = [
+                {"updatedAt": {"$lt": before.updated_at}},
+                {"updatedAt": before.updated_at, "conversationId": {"$lt": before.conversation_id}},
+            ]
+        cursor = self.conversations.find(query).sort(LIST_ORDER).limit(limit + 1)
+        documents = [document async for document in cursor]
+        page = documents[:limit]
+        following = None
+        if len(documents) > limit:
+            last = page[-1]
+            following = Position(last["updatedAt"], last["conversationId"])
+        return [to_conversation(document) for document in page], following
+
+    async def get_conversation(self, owner: str, conversation_id: str) -> Conversation | None:
+        key = conversation_key(owner, conversation_id)
+        document = await self.conversations.find_one({"_id": key})
+        return None if document is None else to_conversation(document)
+
+    async def rename(self, owner: str, conversation_id: str, title: str) -> Conversation | None:
+        key = conversation_key(owner, conversation_id)
+        result = await self.conversations.update_one({"_id": key}, {"$set": {"title": title}})
+        if result.matched_count != 1:
+            return None
+        return await self.get_conversation(owner, conversation_id)
 
     async def conversation_exists(self, conversation_id: str) -> bool:
         existing = {"conversationId": conversation_id}

@@ -15,6 +15,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from shared.schemas import UNFINISHED, Message
 
 MESSAGES = "messages"
+CONVERSATIONS = "conversations"
 LOCAL_OWNER = "local"
 """The one user of an API without authentication, and the owner of documents stored before users."""
 UNFINISHED_VALUES = [status.value for status in UNFINISHED]
@@ -49,6 +50,22 @@ def now() -> datetime:
 
 def messages_of(database: AsyncDatabase) -> AsyncCollection:
     return database[MESSAGES]
+
+
+def conversations_of(database: AsyncDatabase) -> AsyncCollection:
+    return database[CONVERSATIONS]
+
+
+def conversation_key(owner: str, conversation_id: str) -> str:
+    """The `_id` of a conversation document: unique, since a conversation id holds no `/`."""
+    return f"{owner}/{conversation_id}"
+
+
+def owned_by(owner: str) -> dict[str, Any]:
+    """Documents of `owner`; for the open mode's user, also those stored before owners existed."""
+    if owner == LOCAL_OWNER:
+        return {"owner": {"$in": [LOCAL_OWNER, None]}}
+    return {"owner": owner}
 
 
 def free() -> dict[str, Any]:

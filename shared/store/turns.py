@@ -2,20 +2,31 @@
 
 A turn is a user message and its reply's placeholder. The placeholder stays `published: false`
 until the broker confirms its job, so the outbox can publish it later if the broker is away.
+Each batch also brings the conversation documents it touches up to date, in one bulk write.
 """
 
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.schemas import Message
-from shared.store.documents import LOCAL_OWNER, ORDER, messages_of, now, to_document
+from shared.store.documents import (
+    LOCAL_OWNER,
+    ORDER,
+    conversation_key,
+    conversations_of,
+    messages_of,
+    now,
+    to_document,
+)
 
 DUPLICATE_KEY = 11000
+TITLE_LENGTH = 80
+"""A conversation's title until renamed: the start of its first user message, this long."""
 
 
 LEGACY_KEY_INDEX = "idempotencyKey_1"
@@ -48,6 +59,7 @@ class Turn:
 class TurnStore:
     def __init__(self, database: AsyncDatabase) -> None:
         self.messages = messages_of(database)
+        self.conversations = conversations_of(database)
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index(
@@ -60,13 +72,16 @@ class TurnStore:
         await self.messages.create_index("createdAt", partialFilterExpression={"published": False})
 
     async def insert_turns(self, turns: list[tuple[Turn, str | None]]) -> set[int]:
-        """Store many turns in one round trip; returns the positions whose key was taken.
+        """Store many turns in two round trips (messages, then the conversations they add to).
+
+        Returns the positions whose key was taken.
 
         Each turn is its user message and its reply's placeholder, ordered by creation time.
         A key is scoped to its owner. A reused key fails only its own user message; the reply
         stored beside it is removed again.
         """
         documents = []
+        orders = []
         for turn, key in turns:
             user_fields: dict[str, Any] = {"owner": turn.owner, "replyId": turn.reply.id}
             if key is not None:
@@ -79,7 +94,9 @@ class TurnStore:
                 "createdAt": now(),
             }
             documents.append(to_document(turn.user, ORDER.tick(), user_fields))
-            documents.append(to_document(turn.reply, ORDER.tick(), reply_fields))
+            orders.append(ORDER.tick())
+            documents.append(to_document(turn.reply, orders[-1], reply_fields))
+        taken: set[int] = set()
         try:
             await self.messages.insert_many(documents, ordered=False)
         except BulkWriteError as error:
@@ -90,8 +107,36 @@ class TurnStore:
             await self.messages.delete_many(
                 {"_id": {"$in": [turns[index][0].reply.id for index in taken]}}
             )
-            return taken
-        return set()
+        stored = [
+            (turn, order)
+            for index, ((turn, _), order) in enumerate(zip(turns, orders, strict=True))
+            if index not in taken
+        ]
+        await self._summarise(stored)
+        return taken
+
+    async def _summarise(self, stored: list[tuple[Turn, int]]) -> None:
+        """Count the new messages into their conversations' documents, creating those that are new.
+
+        One update per conversation, written as a pipeline so that concurrent batches (other
+        API instances) can only move `updatedAt` and the latest message forward.
+        """
+        latest: dict[str, tuple[Turn, int, Turn, int]] = {}
+        for turn, order in stored:
+            key = conversation_key(turn.owner, turn.reply.conversation_id)
+            first, count, _, _ = latest.get(key, (turn, 0, turn, order))
+            latest[key] = (first, count + 2, turn, order)
+        moment = now()
+        updates = [
+            UpdateOne(
+                {"_id": key},
+                [{"$set": _summary(first, count, moment, last.reply.id, order)}],
+                upsert=True,
+            )
+            for key, (first, count, last, order) in latest.items()
+        ]
+        if updates:
+            await self.conversations.bulk_write(updates, ordered=False)
 
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})
@@ -119,3 +164,27 @@ class TurnStore:
             if user is not None:
                 turns.append(Turn.from_documents(user, reply))
         return turns
+
+
+def _summary(first: Turn, count: int, moment: datetime, last_id: str, order: int) -> dict[str, Any]:
+    """The aggregation `$set` that folds `count` new messages, the last `last_id`, into a summary.
+
+    Text from users goes in through `$literal`, so a leading `$` is never read as a field path.
+    """
+    title = " ".join(first.user.message.split())[:TITLE_LENGTH]
+    return {
+        "owner": {"$literal": first.owner},
+        "conversationId": {"$literal": first.reply.conversation_id},
+        "title": {"$ifNull": ["$title", {"$literal": title}]},
+        "createdAt": {"$ifNull": ["$createdAt", moment]},
+        "updatedAt": {"$max": ["$updatedAt", moment]},
+        "messageCount": {"$add": [{"$ifNull": ["$messageCount", 0]}, count]},
+        "lastMessageId": {
+            "$cond": [
+                {"$gt": [order, {"$ifNull": ["$lastOrder", 0]}]},
+                {"$literal": last_id},
+                "$lastMessageId",
+            ]
+        },
+        "lastOrder": {"$max": ["$lastOrder", order]},
+    }

@@ -1,0 +1,80 @@
+"""Routes of the conversation list: list, read, rename (contract "Conversations")."""
+
+from typing import Annotated
+
+from fastapi import APIRouter, HTTPException, Query, status
+from fastapi.exceptions import RequestValidationError
+
+from services.api.routes import VALIDATION_ERROR, Backends, ConversationIdPath, Owner
+from shared.schemas import Conversation, ConversationPage, ConversationRename
+from shared.store.conversations import Position
+
+NOT_FOUND = {404: {"description": "No such conversation"}}
+
+
+def invalid(description: str) -> dict[int | str, dict[str, object]]:
+    """A documented 422 with FastAPI's own error shape, which names the field in `loc`."""
+    content = {"application/json": {"schema": VALIDATION_ERROR}}
+    return {422: {"description": description, "content": content}}
+
+
+router = APIRouter()
+
+
+@router.get(
+    "/conversations",
+    responses=invalid("`limit` out of range, or `before` not a cursor this API gave"),
+)
+async def list_conversations(
+    backends: Backends,
+    owner: Owner,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    before: Annotated[str | None, Query(max_length=200, description="a page's `next`")] = None,
+) -> ConversationPage:
+    """The user's conversations, most recently active first, a page at a time.
+
+    The cursor is a position, not an offset: conversations posted to meanwhile move to the top
+    and are not seen again in later pages; none is skipped or repeated.
+    """
+    position = None
+    if before is not None:
+        try:
+            position = Position.decode(before)
+        except ValueError as error:
+            detail = {"type": "value_error", "loc": ("query", "before"), "msg": str(error)}
+            raise RequestValidationError([detail]) from error
+    conversations, following = await backends.conversations.list_conversations(
+        owner, limit, position
+    )
+    return ConversationPage(
+        conversations=conversations, next=None if following is None else following.encode()
+    )
+
+
+@router.get("/conversations/{conversation_id}", responses=NOT_FOUND)
+async def get_conversation(
+    conversation_id: ConversationIdPath, backends: Backends, owner: Owner
+) -> Conversation:
+    conversation = await backends.conversations.get_conversation(owner, conversation_id)
+    if conversation is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
+    return conversation
+
+
+@router.patch(
+    "/conversations/{conversation_id}",
+    responses={
+        **NOT_FOUND,
+        **invalid("`title` missing, empty, only whitespace or over 200 characters"),
+    },
+)
+async def rename_conversation(
+    conversation_id: ConversationIdPath,
+    body: ConversationRename,
+    backends: Backends,
+    owner: Owner,
+) -> Conversation:
+    conversation = await backends.conversations.rename(owner, conversation_id, body.title)
+    if conversation is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
+    return conversation

@@ -1,0 +1,126 @@
+"""The conversation list: its documents kept current by posts, paging, reading and renaming."""
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from shared.schemas import Conversation, ConversationPage
+from tests.helpers import ApiClient, new_conversation_id, prompt
+
+PAGE = 7
+
+
+async def _conversation(api: ApiClient, conversation_id: str) -> Conversation:
+    response = await api.http.get(f"/conversations/{conversation_id}")
+    assert response.status_code == 200, response.text
+    return Conversation.model_validate(response.json())
+
+
+async def _page(api: ApiClient, before: str | None) -> ConversationPage:
+    params: dict[str, Any] = {"limit": PAGE}
+    if before is not None:
+        params["before"] = before
+    response = await api.http.get("/conversations", params=params)
+    assert response.status_code == 200, response.text
+    return ConversationPage.model_validate(response.json())
+
+
+async def test_a_conversation_is_summarised_by_the_posts_that_change_it(api: ApiClient) -> None:
+    conversation_id = new_conversation_id()
+    first = prompt("What is the\n  capital of France, and why is it that city?", tokens=2)
+    _, _ = await api.ask(first, conversation_id)
+
+    created = await _conversation(api, conversation_id)
+    assert created.conversation_id == conversation_id
+    assert created.title == " ".join(first.split())[:80]
+    assert created.message_count == 2
+    assert created.created_at == created.updated_at
+
+    await api.ask(prompt("and of Spain?", tokens=2), conversation_id)
+
+    later = await _conversation(api, conversation_id)
+    assert (later.title, later.created_at) == (created.title, created.created_at)
+    assert later.message_count == 4
+    assert datetime.fromisoformat(later.updated_at) > datetime.fromisoformat(created.updated_at)
+    newest = (await _page(api, None)).conversations
+    assert any(item.conversation_id == conversation_id for item in newest)
+
+
+async def test_pages_skip_and_repeat_nothing_while_others_post(api: ApiClient) -> None:
+    """Walk the whole list a page at a time while new conversations appear on top and listed
+    ones are posted to: every conversation that existed before shows up exactly once."""
+    ours = [new_conversation_id() for _ in range(3 * PAGE)]
+    for conversation_id in ours:
+        await api.post_chat(prompt("listed", tokens=1, delay_ms=0), conversation_id)
+    seen: list[str] = []
+    posting = True
+
+    async def post_meanwhile() -> None:
+        while posting:
+            await api.post_chat(prompt("new", tokens=1, delay_ms=0), new_conversation_id())
+            if seen:
+                await api.post_chat(prompt("bump", tokens=1, delay_ms=0), seen[-1])
+
+    poster = asyncio.create_task(post_meanwhile())
+    try:
+        before = None
+        while True:
+            page = await _page(api, before)
+            seen.extend(item.conversation_id for item in page.conversations)
+            await asyncio.sleep(0.05)  # leave the poster room to post between pages
+            if page.next is None:
+                break
+            before = page.next
+    finally:
+        posting = False
+        await poster
+
+    assert len(seen) == len(set(seen)), "a conversation was listed twice"
+    assert set(ours) <= set(seen), f"skipped: {set(ours) - set(seen)}"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"title": ""}, {"title": " \t\n"}, {"title": "x" * 201}, {"title": 7}, {"title": None}],
+    ids=["missing", "empty", "whitespace", "201 characters", "number", "null"],
+)
+async def test_a_bad_title_is_refused_and_changes_nothing(
+    api: ApiClient, body: dict[str, Any]
+) -> None:
+    conversation_id = new_conversation_id()
+    await api.ask(prompt("keep my title", tokens=1, delay_ms=0), conversation_id)
+    before = await _conversation(api, conversation_id)
+
+    response = await api.http.patch(f"/conversations/{conversation_id}", json=body)
+
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"][:2] == ["body", "title"] or body == {}
+    assert await _conversation(api, conversation_id) == before
+
+
+async def test_rename(api: ApiClient) -> None:
+    conversation_id = new_conversation_id()
+    await api.ask(prompt("rename me", tokens=1, delay_ms=0), conversation_id)
+    title = "Trip to Lisbon, " + "é" * 184
+
+    response = await api.http.patch(f"/conversations/{conversation_id}", json={"title": title})
+
+    assert response.status_code == 200
+    assert Conversation.model_validate(response.json()).title == title
+    assert (await _conversation(api, conversation_id)).title == title
+    unknown = new_conversation_id()
+    response = await api.http.patch(f"/conversations/{unknown}", json={"title": "x"})
+    assert response.status_code == 404
+    assert (await api.http.get(f"/conversations/{unknown}")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"limit": 0}, {"limit": 101}, {"limit": "ten"}, {"before": "not-a-cursor"}, {"before": "!"}],
+)
+async def test_bad_paging_is_refused(api: ApiClient, params: dict[str, Any]) -> None:
+    response = await api.http.get("/conversations", params=params)
+    assert response.status_code == 422
+    assert response.json()["detail"][0]["loc"] == ["query", next(iter(params))]
