@@ -3,7 +3,9 @@ chromium`; Playwright's own browser download is not used), and a driver that rea
 a user does: what each message shows, its status line, the buttons there are.
 """
 
+import asyncio
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -134,6 +136,21 @@ class ChatPage:
             return shown if len(shown) >= at_least else []
 
         return await eventually(enough, WAIT_SECONDS, what=f"{at_least} words of {message_id}")
+
+    async def follow(self, message_id: str, expected: list[str]) -> set[int]:
+        """Watch a reply until it is finished: every text shown on the way must be a start of
+        `expected` (a doubled or missing piece would not be). Returns the word counts seen."""
+        seen: set[int] = set()
+        deadline = time.monotonic() + WAIT_SECONDS
+        while True:
+            state = await self.state(message_id)
+            shown = words(await self.text(message_id))
+            assert shown == expected[: len(shown)], f"shown {shown} is not a start of {expected}"
+            seen.add(len(shown))
+            if state in ("completed", "failed"):
+                return seen
+            assert time.monotonic() < deadline, f"{message_id} did not finish; shown: {shown}"
+            await asyncio.sleep(0.03)
 
     async def connection(self) -> str:
         return await self.page.locator("#connection").get_attribute("data-state") or ""

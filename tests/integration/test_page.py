@@ -5,11 +5,13 @@ compares it with what the API stored.
 """
 
 import asyncio
+import json
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.async_api import BrowserContext, Request
+from playwright.async_api import BrowserContext, Request, WebSocketRoute
 
 from tests.browser import PHONE, ChatPage, words
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
@@ -46,14 +48,12 @@ async def test_a_reply_grows_token_by_token_then_matches_the_stored_text(
     reply_id = await chat.last_id("assistant")
     conversation_id = await chat.conversation_id()
 
-    seen = set()
-    while await chat.state(reply_id) != "completed":
-        seen.add(len(words(await chat.text(reply_id))))
-        await asyncio.sleep(0.05)
+    expected = words(expected_reply(f"first line\n{question}", 30))
+    seen = await chat.follow(reply_id, expected)
     assert len(seen - {0, 30}) >= 3, f"the reply appeared all at once: word counts seen {seen}"
+    assert await chat.state(reply_id) == "completed"
     stored = await api.message(conversation_id, reply_id)
-    assert words(await chat.text(reply_id)) == words(stored.message)
-    assert words(stored.message) == words(expected_reply(f"first line\n{question}", 30))
+    assert words(await chat.text(reply_id)) == words(stored.message) == expected
     user_id = await chat.last_id("user")
     assert (await api.message(conversation_id, user_id)).message == f"first line\n{question}"
     assert await chat.status(reply_id) == ""
@@ -88,9 +88,10 @@ async def test_a_reload_mid_stream_shows_exactly_the_stored_text(
     reply_id = await chat.last_id("assistant")
     await chat.words_shown(reply_id, 5)
     await chat.page.reload()
-    assert await chat.state(reply_id) == "streaming" or await chat.finished(reply_id)
+    await chat.words_shown(reply_id, 1)
+    assert await chat.state(reply_id) == "streaming", "the reload came back mid-stream"
 
-    await chat.finished(reply_id)
+    await chat.follow(reply_id, words(expected_reply(question, 60)))
     conversation_id = await chat.conversation_id()
     assert words(await chat.text(reply_id)) == await stored_words(api, conversation_id, reply_id)
     assert words(await chat.text(reply_id)) == words(expected_reply(question, 60))
@@ -223,7 +224,7 @@ async def test_the_page_reconnects_after_the_api_restarts(
         assert await chat.state(reply_id) == "streaming", "reconnected while the reply streams"
         assert words(await chat.text(reply_id))[: len(before)] == before
 
-        await chat.finished(reply_id)
+        await chat.follow(reply_id, words(expected_reply(question, 120)))
         conversation_id = await chat.conversation_id()
         assert words(await chat.text(reply_id)) == await stored_words(
             api, conversation_id, reply_id
@@ -250,3 +251,55 @@ async def test_an_unknown_conversation_in_the_url_opens_empty(
     assert await chat.messages().count() == 0
     async with httpx.AsyncClient(base_url=api.base_url) as http:
         assert (await http.get(f"/conversations/{conversation_id}/messages")).status_code == 404
+
+
+async def test_a_failed_reply_shows_its_error(api: ApiClient, context: BrowserContext) -> None:
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.send(prompt("fail", tokens=10, fail_after=3))
+    reply_id = await chat.last_id("assistant")
+
+    assert await chat.finished(reply_id) == "failed"
+    stored = await api.message(await chat.conversation_id(), reply_id)
+    assert stored.error
+    assert await chat.status(reply_id) == f"failed: {stored.error}"
+    assert words(await chat.text(reply_id)) == words(stored.message)
+
+
+async def test_a_repeated_delta_is_skipped_and_a_missed_one_brings_a_fresh_snapshot(
+    api: ApiClient, context: BrowserContext
+) -> None:
+    """The first socket repeats one delta and loses another, as a faulty network path might;
+    the page must show neither a doubled word nor a hole, by `seq` alone."""
+    page = await context.new_page()
+    sockets: list[str] = []
+    tampered: list[int] = []
+
+    def route(socket: WebSocketRoute) -> None:
+        sockets.append(socket.url)
+        server = socket.connect_to_server()
+        first = len(sockets) == 1
+
+        def relay(text: str | bytes) -> None:
+            frame = json.loads(text)
+            if first and frame.get("type") == "message.delta" and frame["seq"] in (3, 6):
+                tampered.append(frame["seq"])
+                if frame["seq"] == 3:
+                    socket.send(text)  # repeated: the page must skip the copy
+                else:
+                    return  # lost: seq 7 then shows the gap
+            socket.send(text)
+
+        server.on_message(relay)
+
+    await page.route_web_socket(re.compile(r"/stream"), route)
+    chat = ChatPage(page)
+    await page.goto(api.base_url)
+    question = prompt("tampered", tokens=30, delay_ms=40)
+    await chat.send(question)
+    reply_id = await chat.last_id("assistant")
+
+    await chat.follow(reply_id, words(expected_reply(question, 30)))
+    assert tampered == [3, 6], "the first socket saw deltas 3 and 6"
+    assert len(sockets) >= 2, "the gap made the page reconnect"
+    stored = await stored_words(api, await chat.conversation_id(), reply_id)
+    assert words(await chat.text(reply_id)) == stored == words(expected_reply(question, 30))
