@@ -17,6 +17,7 @@ UPDATED = "message.updated"
 COMPLETED = "message.completed"
 FAILED = "message.failed"
 MESSAGE_EVENTS = frozenset({CREATED, UPDATED, COMPLETED, FAILED})
+CONVERSATION_DELETED = "conversation.deleted"
 
 MessageEventType = Literal[
     "message.created", "message.updated", "message.completed", "message.failed"
@@ -43,7 +44,12 @@ class MessageEvent(TypedDict):
     message: dict[str, Any]
 
 
-Event = DeltaEvent | MessageEvent
+class ConversationDeletedEvent(TypedDict):
+    type: Literal["conversation.deleted"]
+    conversationId: str
+
+
+Event = DeltaEvent | MessageEvent | ConversationDeletedEvent
 
 
 def delta_event(
@@ -61,6 +67,10 @@ def delta_event(
 
 def message_event(kind: MessageEventType, message: Message) -> MessageEvent:
     return {"type": kind, "message": message.to_wire()}
+
+
+def conversation_deleted_event(conversation_id: str) -> ConversationDeletedEvent:
+    return {"type": CONVERSATION_DELETED, "conversationId": conversation_id}
 
 
 def finished_event(message: Message) -> MessageEvent:

@@ -15,7 +15,7 @@ from typing import Any, Self
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from shared.events import MESSAGE_EVENTS
+from shared.events import CONVERSATION_DELETED, MESSAGE_EVENTS
 from shared.schemas import FINISHED, Message, Status
 
 DEFAULT_TIMEOUT = 20.0
@@ -29,6 +29,7 @@ class Rebuilder:
         self.snapshot: list[Message] | None = None
         self.messages: dict[str, Message] = {}
         self.events: list[dict[str, Any]] = []
+        self.deleted = False
 
     def apply(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -41,11 +42,15 @@ class Rebuilder:
                 self.messages[message.id] = message
             return
         assert kind != "snapshot", f"a second snapshot arrived: {frame}"
+        assert not self.deleted, f"a frame after the conversation was deleted: {frame}"
         self.events.append(frame)
         if kind == "message.delta":
             self._apply_delta(frame)
         elif kind in MESSAGE_EVENTS:
             self._apply_message(kind, Message.model_validate(frame["message"]), frame)
+        elif kind == CONVERSATION_DELETED:
+            assert frame == {"type": kind, "conversationId": self.conversation_id}, frame
+            self.deleted = True
         else:
             raise AssertionError(f"unknown frame type: {frame}")
 

@@ -12,7 +12,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from services.api.hub import Hub
 from services.api.turns import PUBLISH_TIMEOUT_SECONDS, Turns
 from shared import broker
-from shared.events import MessageEvent, encode_batch
+from shared.events import Event, encode_batch
 from shared.schemas import StopRequest
 from shared.settings import Settings
 from shared.store.conversations import ConversationStore
@@ -66,7 +66,7 @@ class Connections:
             turns,
         )
 
-    async def announce(self, event: MessageEvent) -> None:
+    async def announce(self, event: Event) -> None:
         """Tell every instance's subscribers about a change made here, not by a responder."""
         async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
             await broker.publish_events(self.events, encode_batch([event]))

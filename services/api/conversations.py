@@ -1,13 +1,17 @@
-"""Routes of the conversation list: list, read, rename (contract "Conversations")."""
+"""Routes of the conversation list: list, read, rename, delete (contract "Conversations")."""
 
+import logging
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, status
+from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 
 from services.api.routes import VALIDATION_ERROR, Backends, ConversationIdPath, Owner
-from shared.schemas import Conversation, ConversationPage, ConversationRename
+from shared.events import conversation_deleted_event
+from shared.schemas import Conversation, ConversationPage, ConversationRename, Status, StopRequest
 from shared.store.conversations import Position
+
+log = logging.getLogger(__name__)
 
 NOT_FOUND = {404: {"description": "No such conversation"}}
 
@@ -78,3 +82,30 @@ async def rename_conversation(
     if conversation is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     return conversation
+
+
+@router.delete(
+    "/conversations/{conversation_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=NOT_FOUND,
+)
+async def delete_conversation(
+    conversation_id: ConversationIdPath, backends: Backends, owner: Owner
+) -> None:
+    """Stop its replies in flight, remove every document of it, then close its streams.
+
+    A reply's responder is stopped through the stop path; whatever it writes afterwards matches
+    no document, and its job (or a redelivery of it) finds no reply and is acknowledged.
+    """
+    for reply in await backends.conversations.unfinished_replies(owner, conversation_id):
+        stopped = await backends.conversations.request_stop(conversation_id, reply.id)
+        if stopped is not None and stopped.status == Status.STREAMING:
+            request = StopRequest(conversationId=conversation_id, messageId=reply.id)
+            await backends.publish_stop(request)
+    if not await backends.conversations.delete(owner, conversation_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
+    try:
+        await backends.announce(conversation_deleted_event(conversation_id))
+    except Exception as error:  # it is deleted all the same; its streams end when clients leave
+        log.warning("announcing the deletion of %s failed: %s", conversation_id, error)

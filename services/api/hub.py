@@ -23,13 +23,16 @@ from aio_pika.abc import AbstractQueue
 
 from services.api.keys import ConversationKey, key_of
 from services.api.live import LiveReplies, Version, version_of
-from shared.events import SNAPSHOT, decode_batch
+from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch
 from shared.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
 
 Frame = tuple[str, Version, str]
 """A frame queued for a client: the message it concerns, the version it brings, its text."""
+LAST_FRAME = ""
+"""The message id of a frame after which the server closes the stream (`Subscriber.close_code`)."""
+NORMAL_CLOSURE = 1000
 
 
 def encode(event: dict[str, Any]) -> str:
@@ -50,6 +53,8 @@ class Subscriber:
         self._has: dict[str, Version] = {}
         self._ended = False
         self.overflowed = asyncio.Event()
+        self.close_code: int | None = None
+        """Set when the server ends the stream on purpose: close the socket with this code."""
 
     def offer(self, frame: Frame) -> bool:
         """Queue a frame; False, and `overflowed` set, if the client is too far behind."""
@@ -68,6 +73,11 @@ class Subscriber:
         """No more frames: the client unsubscribed."""
         self._ended = True
 
+    def last(self, text: str, close_code: int) -> None:
+        """Send `text` after what is queued, then end the stream with `close_code`."""
+        if self.offer((LAST_FRAME, (0, 0, 0), text)):
+            self.close_code = close_code
+
     def __aiter__(self) -> "Subscriber":
         return self
 
@@ -77,6 +87,9 @@ class Subscriber:
             return snapshot
         while not (self.overflowed.is_set() or self._ended):
             message_id, version, text = await self._queue.get()
+            if message_id == LAST_FRAME:
+                self._ended = True
+                return text
             has = self._has.get(message_id)
             if has is None or version > has:
                 self._has[message_id] = version
@@ -130,7 +143,17 @@ class Hub:
 
     def receive(self, event: dict[str, Any]) -> None:
         """One event of the fanout, applied to the live replies, which tell the subscribers."""
-        self.replies.receive(event)
+        if event.get("type") == CONVERSATION_DELETED:
+            self._conversation_deleted(event)
+        else:
+            self.replies.receive(event)
+
+    def _conversation_deleted(self, event: dict[str, Any]) -> None:
+        """Tell the conversation's subscribers it is gone, then close their streams (1000)."""
+        key = ConversationKey(event["conversationId"])
+        frame = encode({"type": CONVERSATION_DELETED, "conversationId": key.conversation_id})
+        for subscriber in self._subscribers.pop(key, set()):
+            subscriber.last(frame, NORMAL_CLOSURE)
 
     def resynchronise(self) -> None:
         """After a broker reconnection: catch up on what the fanout missed meanwhile."""

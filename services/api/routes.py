@@ -175,6 +175,9 @@ async def stream(websocket: WebSocket, conversation_id: str, backends: Backends)
         await _relay(events, websocket)
     if events.overflowed.is_set():
         await _drop_slow_client(websocket, backends.hub.capacity)
+    elif events.close_code is not None:
+        with contextlib.suppress(Exception):  # the client may have left meanwhile
+            await websocket.close(code=events.close_code)
 
 
 async def _relay(events: Subscriber, websocket: WebSocket) -> None:

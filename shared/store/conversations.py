@@ -14,10 +14,12 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import Conversation, Message, Status, iso_timestamp
 from shared.store.documents import (
+    UNFINISHED_VALUES,
     conversation_key,
     conversations_of,
     find_message,
     messages_of,
+    owned_by,
 )
 
 LIST_ORDER = [("updatedAt", DESCENDING), ("conversationId", DESCENDING)]
@@ -89,6 +91,27 @@ class ConversationStore:
         key = conversation_key(owner, conversation_id)
         document = await self.conversations.find_one({"_id": key})
         return None if document is None else to_conversation(document)
+
+    async def unfinished_replies(self, owner: str, conversation_id: str) -> list[Message]:
+        """The conversation's replies still to be written or being written, oldest first."""
+        query = {
+            "conversationId": conversation_id,
+            "from": "assistant",
+            "status": {"$in": UNFINISHED_VALUES},
+            **owned_by(owner),
+        }
+        cursor = self.messages.find(query).sort("order", ASCENDING)
+        return [Message.from_document(document) async for document in cursor]
+
+    async def delete(self, owner: str, conversation_id: str) -> bool:
+        """Remove every document of the conversation; False if there was none."""
+        messages = await self.messages.delete_many(
+            {"conversationId": conversation_id, **owned_by(owner)}
+        )
+        summary = await self.conversations.delete_one(
+            {"_id": conversation_key(owner, conversation_id)}
+        )
+        return messages.deleted_count + summary.deleted_count > 0
 
     async def rename(self, owner: str, conversation_id: str, title: str) -> Conversation | None:
         key = conversation_key(owner, conversation_id)
