@@ -80,7 +80,12 @@ export class ConversationList {
     const title = document.createElement("button");
     title.type = "button";
     title.className = "title";
-    title.textContent = item.title || "New conversation";
+    title.append(document.createTextNode(item.title || "New conversation"));
+    if (item.updatedAt) {
+      const when = document.createElement("small");
+      when.textContent = new Date(item.updatedAt).toLocaleString([], { dateStyle: "short", timeStyle: "short" });
+      title.append(when);
+    }
     title.title = item.title ?? "";
     title.addEventListener("click", () => this.actions.select(item.conversationId));
     row.append(title);
