@@ -104,11 +104,10 @@ class ChatPage:
 
     async def last_id(self, sender: str) -> str:
         async def last() -> str:
-            items = self.messages(sender)
-            count = await items.count()
-            if not count:
-                return ""
-            return await items.nth(count - 1).get_attribute("data-id") or ""
+            ids: list[str] = await self.messages(sender).evaluate_all(
+                "items => items.map((item) => item.dataset.id)"
+            )
+            return ids[-1] if ids else ""
 
         return await eventually(last, WAIT_SECONDS, what=f"a {sender} message on the page")
 

@@ -24,7 +24,8 @@ async def all_conversation_ids(api: ApiClient) -> list[str]:
 
 async def listed_ids(chat: ChatPage) -> list[str]:
     rows = chat.page.locator("#conversation-list li.conversation")
-    return [await rows.nth(i).get_attribute("data-id") or "" for i in range(await rows.count())]
+    ids: list[str] = await rows.evaluate_all("rows => rows.map((row) => row.dataset.id)")
+    return ids
 
 
 async def test_the_list_is_newest_first_and_grows_on_scroll(
@@ -88,3 +89,41 @@ async def test_a_conversation_opens_from_the_list_and_can_be_renamed(
 async def _titled(chat: ChatPage, conversation_id: str, title: str) -> bool:
     row = chat.page.locator(f'#conversation-list li[data-id="{conversation_id}"] .title')
     return await row.count() == 1 and await row.get_attribute("title") == title
+
+
+async def test_deleting_a_conversation_clears_it_from_every_tab(
+    api: ApiClient, api_b: ApiClient, context: BrowserContext
+) -> None:
+    accepted = await api.post_chat(prompt("delete me", tokens=400, delay_ms=50))
+    conversation_id = accepted.conversation_id
+    fragment = f"#c={conversation_id}"
+    first = await ChatPage.open(context, api.base_url, fragment)
+    second = await ChatPage.open(context, api_b.base_url, fragment)
+    for tab in (first, second):
+        await tab.words_shown(accepted.message_id, 2)
+    row = first.page.locator(f'#conversation-list li[data-id="{conversation_id}"]')
+
+    await row.locator("button.delete").click()  # the confirmation is dismissed: nothing happens
+    assert first.dialogs and first.dialogs[-1].startswith("confirm")
+    assert (await api.http.get(f"/conversations/{conversation_id}")).status_code == 200
+    first.confirm_answer = True
+    await row.locator("button.delete").click()
+
+    await eventually(lambda: _gone(first, conversation_id), what="the row to go")
+    for tab in (first, second):
+        await eventually(lambda tab=tab: _cleared(tab), what="the conversation to leave the tab")  # type: ignore[misc]
+    notice = second.page.locator("#error .text")
+    assert await notice.inner_text() == "This conversation was deleted."
+    assert (await api.http.get(f"/conversations/{conversation_id}")).status_code == 404
+
+
+async def _gone(chat: ChatPage, conversation_id: str) -> bool:
+    return conversation_id not in await listed_ids(chat)
+
+
+async def _cleared(chat: ChatPage) -> bool:
+    return (
+        await chat.messages().count() == 0
+        and await chat.page.locator("#empty").is_visible()
+        and await chat.evaluate("location.hash") == ""
+    )

@@ -137,6 +137,7 @@ function askForToken() {
 
 $("#token-dialog form").addEventListener("submit", () => {
   setToken($("#token-dialog input").value.trim());
+  sidebar.clear();
   sidebar.reload();
   select(state.conversationId);
 });

@@ -24,11 +24,16 @@ export class ConversationList {
     });
   }
 
+  // The first page again; conversations already loaded below it stay, with their cursor
+  // (a conversation that moved up is in the first page now, and is not listed twice).
   async reload() {
     try {
       const page = await api.listConversations();
-      this.items = page.conversations;
-      this.next = page.next;
+      const fresh = new Set(page.conversations.map((c) => c.conversationId));
+      const below = this.items.filter((c) => !fresh.has(c.conversationId));
+      const loadedMore = this.items.length > page.conversations.length && this.supported;
+      this.items = page.conversations.concat(loadedMore ? below : []);
+      if (!loadedMore) this.next = page.next;
       this.supported = true;
       this.fallback.hidden = true;
     } catch (error) {
@@ -39,6 +44,14 @@ export class ConversationList {
     }
     this.render();
     this.maybeMore();
+  }
+
+  // Another user (a new token): nothing of the old list may stay.
+  clear() {
+    this.items = [];
+    this.next = null;
+    this.supported = undefined;
+    this.render();
   }
 
   async maybeMore() {
