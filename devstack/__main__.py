@@ -32,8 +32,7 @@ def main() -> None:
     env["MONGODB_URL"] = mongodb_url
 
     rabbit = settings.rabbitmq_url
-    host, port = _host_port(rabbit, 5672)
-    if not port_open(host, port):
+    if not any(port_open(*_host_port(url, 5672)) for url in rabbit.split(",")):
         sys.exit(
             f"devstack: error: no RabbitMQ at RABBITMQ_URL={redact(rabbit)}; "
             "start it or set RABBITMQ_URL"

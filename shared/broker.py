@@ -1,6 +1,10 @@
 """RabbitMQ topology, declared once here for every process that touches the broker."""
 
 import asyncio
+import itertools
+import time
+from collections.abc import Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -11,41 +15,111 @@ from aio_pika.abc import (
     AbstractRobustConnection,
     DeliveryMode,
 )
+from aio_pika.connection import make_url
+from aio_pika.exceptions import ChannelPreconditionFailed
+from aio_pika.robust_connection import RobustConnection
 
 from shared.schemas import ChatJob, StopRequest
-from shared.startup import DependencyUnavailable
+from shared.startup import DependencyUnavailable, StartupError, redact
 
 CHAT_QUEUE = "chat-message"
 DEAD_LETTER_EXCHANGE = "chat-message.dead-letter"
 DEAD_LETTER_QUEUE = "chat-message.dead"
 EVENTS_EXCHANGE = "chat-events"
 CONTROL_EXCHANGE = "chat-control"
+# Quorum queues are replicated to a majority of the cluster's nodes and survive any minority
+# of them; on one node they behave like a durable classic queue.
+QUORUM = {"x-queue-type": "quorum"}
+# A job delivered this often (crashes, hand-backs) is a poison message: it is dead-lettered.
+# RabbitMQ 4's own default, made explicit so every version behaves alike.
+CHAT_DELIVERY_LIMIT = 20
+QUORUM_MIGRATION = "docs/operations.md#upgrading-chat-message-to-a-quorum-queue"
 
 
-async def connect(url: str, timeout: float) -> AbstractRobustConnection:
-    """Connect once at start-up; after that aio-pika reconnects by itself."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
-        raise DependencyUnavailable("RABBITMQ_URL", url, "not an amqp://host/ URL")
+def node_urls(setting: str) -> list[str]:
+    """RABBITMQ_URL: one node's URL, or the nodes of one cluster separated by commas."""
+    urls = [part.strip() for part in setting.split(",") if part.strip()]
+    for url in urls or [setting]:
+        parts = urlsplit(url)
+        if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
+            raise DependencyUnavailable("RABBITMQ_URL", setting, "not an amqp://host/ URL")
+    return urls
+
+
+class FailoverConnection(RobustConnection):
+    """A robust connection to one node of a cluster at a time, trying the next on each attempt.
+
+    aio-pika's robust connection reconnects to its one URL only (aio-pika issue 141). Its
+    reconnection loop opens every transport through one private method; moving to the next
+    node there keeps everything else it restores (channels, queues, consumers) untouched.
+    `tests/unit/test_failover.py` checks the hook against the pinned aio-pika.
+    """
+
+    def __init__(self, urls: Sequence[str], **kwargs: Any) -> None:
+        super().__init__(make_url(urls[0]), **kwargs)
+        self._nodes = itertools.cycle([make_url(url) for url in urls])
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        self.url = next(self._nodes)
+        await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+
+
+async def connect(setting: str, timeout: float) -> AbstractRobustConnection:
+    """Connect at start-up to the first node that answers, and check the work queue there;
+    afterwards the connection moves to the next node by itself whenever it loses its node.
+    """
+    urls = node_urls(setting)
+    deadline = time.monotonic() + timeout
+    failures: list[str] = []
+    for index in range(len(urls)):
+        order = urls[index:] + urls[:index]
+        connection = FailoverConnection(order)
+        remaining = max(deadline - time.monotonic(), 0.0) / (len(urls) - index)
+        try:
+            await asyncio.wait_for(connection.connect(), remaining)
+        except TimeoutError:
+            failures.append(f"{redact(order[0])}: no answer within {remaining:.3g}s")
+        except (OSError, aio_pika.exceptions.AMQPError) as error:
+            failures.append(f"{redact(order[0])}: {type(error).__name__}: {error}".rstrip(": "))
+        else:
+            await _check_chat_queue(connection)
+            return connection
+        await connection.close()
+    raise DependencyUnavailable("RABBITMQ_URL", setting, "; ".join(failures))
+
+
+async def _check_chat_queue(connection: AbstractRobustConnection) -> None:
+    """Fail start-up cleanly, connection closed, if the queues differ from what we declare."""
     try:
-        return await asyncio.wait_for(aio_pika.connect_robust(url), timeout)
-    except TimeoutError as error:
-        reason = f"no answer within {timeout:g}s"
-        raise DependencyUnavailable("RABBITMQ_URL", url, reason) from error
-    except (OSError, aio_pika.exceptions.AMQPError) as error:
-        raise DependencyUnavailable("RABBITMQ_URL", url, error) from error
+        async with connection.channel() as channel:
+            await declare_chat_queue(channel)
+    except StartupError:
+        await connection.close()
+        raise
 
 
 async def declare_chat_queue(channel: AbstractChannel) -> AbstractQueue:
-    """The durable work queue; deliveries rejected for good go to the dead-letter queue."""
-    dead_letters = await channel.declare_exchange(
-        DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
-    )
-    dead_queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True)
-    await dead_queue.bind(dead_letters)
-    return await channel.declare_queue(
-        CHAT_QUEUE, durable=True, arguments={"x-dead-letter-exchange": DEAD_LETTER_EXCHANGE}
-    )
+    """The replicated work queue; deliveries rejected for good go to the dead-letter queue."""
+    try:
+        dead_letters = await channel.declare_exchange(
+            DEAD_LETTER_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True
+        )
+        dead_queue = await channel.declare_queue(DEAD_LETTER_QUEUE, durable=True, arguments=QUORUM)
+        await dead_queue.bind(dead_letters)
+        return await channel.declare_queue(
+            CHAT_QUEUE,
+            durable=True,
+            arguments={
+                **QUORUM,
+                "x-dead-letter-exchange": DEAD_LETTER_EXCHANGE,
+                "x-delivery-limit": CHAT_DELIVERY_LIMIT,
+            },
+        )
+    except ChannelPreconditionFailed as error:
+        raise StartupError(
+            f"RabbitMQ refused the {CHAT_QUEUE} queues as declared ({error}); a deployment "
+            f"from before quorum queues has classic ones: migrate them, see {QUORUM_MIGRATION}"
+        ) from error
 
 
 async def declare_events_exchange(channel: AbstractChannel) -> AbstractExchange:

@@ -6,7 +6,11 @@ from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 
-class DependencyUnavailable(Exception):
+class StartupError(Exception):
+    """The service cannot start; the message says what to fix."""
+
+
+class DependencyUnavailable(StartupError):
     def __init__(self, variable: str, url: str, cause: BaseException | str) -> None:
         reason = (
             cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}".rstrip(": ")
@@ -15,7 +19,9 @@ class DependencyUnavailable(Exception):
 
 
 def redact(url: str) -> str:
-    """Hide the password of a connection string before it is printed."""
+    """Hide the password of a connection string (or of each in a comma-separated list)."""
+    if "," in url:
+        return ",".join(redact(part) for part in url.split(","))
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -26,7 +32,7 @@ def redact(url: str) -> str:
 def run_service(name: str, main: Callable[[], None]) -> None:
     try:
         main()
-    except DependencyUnavailable as error:
+    except StartupError as error:
         print(f"{name}: error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
     except KeyboardInterrupt:

@@ -143,8 +143,9 @@ def rabbitmq_table(vhost: str, command: str, *columns: str) -> list[dict[str, An
 
 
 def queue_stats(vhost: str, queue: str) -> dict[str, int]:
-    """Ready, unacknowledged and persistent messages and consumers of `queue`."""
-    columns = ("messages_ready", "messages_unacknowledged", "messages_persistent", "consumers")
+    """Ready and unacknowledged messages and consumers of `queue` (a few seconds late for a
+    quorum queue: wait on them with `eventually`)."""
+    columns = ("messages_ready", "messages_unacknowledged", "consumers")
     for row in rabbitmq_table(vhost, "list_queues", "name", *columns):
         if row["name"] == queue:
             return {column: int(row[column]) for column in columns}
