@@ -1,5 +1,7 @@
-"""The container files, checked without a Docker engine: docker-compose.yml, the Dockerfile,
-the entrypoint's choice of model, and that the documented configuration matches Settings.
+"""The container files, checked without a Docker engine: docker-compose.yml (scaled out: two
+APIs behind a proxy, two responders, health checks, restart policies, limits, Prometheus), its
+configuration files in deploy/, the Dockerfile, the entrypoint's choice of model, and that the
+documented configuration matches Settings.
 """
 
 import ast
@@ -33,6 +35,29 @@ IMAGE_PACKAGES = ("shared", "services", "mock_openai")  # what the Dockerfile co
 # Read by scripts/docker-entrypoint, not by Settings: where the offline mock is.
 ENTRYPOINT_VARIABLES = {"MOCK_MODEL_URL"}
 SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
+SERVICES = {"mongodb", "rabbitmq", "mock-model", "api", "proxy", "responder", "prometheus"}
+MONITORING = {"prometheus"}  # started only with `--profile monitoring`
+REPLICAS = {"api": 2, "responder": 2}
+API_PORT = 8000
+PUBLISHED = {  # every port the stack publishes on the host: one for the whole API
+    "proxy": ["8000:8000"],
+    "rabbitmq": ["127.0.0.1:15672:15672"],
+    "prometheus": ["127.0.0.1:9090:9090"],
+}
+HEALTHCHECKS = {
+    "mongodb": "mongosh",
+    "rabbitmq": "rabbitmq-diagnostics -q ping",
+    "mock-model": f"127.0.0.1:{MOCK_PORT}/healthz",
+    "api": f"127.0.0.1:{API_PORT}/readyz",
+    "proxy": f"127.0.0.1:{API_PORT}/proxy-health",
+    "prometheus": "127.0.0.1:9090/-/ready",
+}
+DEPENDENCIES = {
+    "api": {"mongodb", "rabbitmq"},
+    "responder": {"mongodb", "rabbitmq", "mock-model"},
+    "proxy": {"api"},
+}
+DEV_SECRET_DEFAULT = re.compile(r"^\$\{AUTH_JWT_SECRET:-(?P<secret>.+)\}$")
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +87,13 @@ def healthcheck_text(service: dict[str, Any]) -> str:
     return test if isinstance(test, str) else " ".join(test)
 
 
-def test_the_five_services(services: dict[str, Any]) -> None:
-    assert set(services) == {"mongodb", "rabbitmq", "mock-model", "api", "responder"}
+def test_the_services(services: dict[str, Any]) -> None:
+    assert set(services) == SERVICES
     assert services["mongodb"]["image"].startswith("mongo:8")
-    assert re.fullmatch(r"rabbitmq:(3|4)(\.\d+)*-management", services["rabbitmq"]["image"])
+    # RabbitMQ 4: quorum queues with delivery limits, as shared/broker.py declares chat-message.
+    assert re.fullmatch(r"rabbitmq:4(\.\d+)*-management", services["rabbitmq"]["image"])
+    assert services["proxy"]["image"].startswith("nginx:")
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
 
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
@@ -83,13 +111,76 @@ def test_our_services_run_the_image_built_here(services: dict[str, Any]) -> None
         assert (ROOT / context / "Dockerfile").is_file()
 
 
-def test_ports(services: dict[str, Any]) -> None:
-    assert services["api"]["ports"] == ["8000:8000"]
+@pytest.mark.parametrize(("name", "replicas"), sorted(REPLICAS.items()))
+def test_replicas(services: dict[str, Any], name: str, replicas: int) -> None:
+    assert services[name]["deploy"]["replicas"] == replicas
+    assert "container_name" not in services[name], "a fixed name allows one replica only"
+
+
+def test_one_published_port_for_the_api_behind_the_proxy(services: dict[str, Any]) -> None:
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert published == PUBLISHED
     env = environment(services["api"])
     assert env["API_HOST"] == "0.0.0.0"
-    assert env["API_PORT"] == "8000"
-    assert "ports" not in services["responder"]
-    assert "ports" not in services["mock-model"]  # reached inside the compose network only
+    assert env["API_PORT"] == str(API_PORT)
+    assert [str(port) for port in services["api"]["expose"]] == [str(API_PORT)]
+
+
+def nginx_conf(services: dict[str, Any]) -> str:
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services["proxy"]["volumes"]}
+    source = ROOT / mounts["/etc/nginx/conf.d/default.conf"]
+    return source.read_text()
+
+
+def nginx_directives(text: str) -> list[list[str]]:
+    """Each directive of an nginx file as its words, comments dropped."""
+    text = re.sub(r"#[^\n]*", "", text)
+    return [statement.split() for statement in re.split(r"[;{}]", text) if statement.strip()]
+
+
+def test_the_proxy_passes_websockets_to_every_api_replica(services: dict[str, Any]) -> None:
+    directives = nginx_directives(nginx_conf(services))
+    assert ["listen", str(API_PORT)] in directives
+    assert ["set", "$api", f"http://api:{API_PORT}"] in directives
+    assert ["resolver", "127.0.0.11", "valid=10s", "ipv6=off"] in directives, "follows replicas"
+    assert ["proxy_pass", "$api"] in directives
+    assert ["proxy_http_version", "1.1"] in directives
+    assert ["proxy_set_header", "Upgrade", "$http_upgrade"] in directives
+    assert ["proxy_set_header", "Connection", "$connection_upgrade"] in directives
+    timeout = next(words[1] for words in directives if words[0] == "proxy_read_timeout")
+    seconds = int(timeout.removesuffix("h")) * 3600 if timeout.endswith("h") else int(timeout)
+    assert seconds > 2 * Settings.model_fields["ws_ping_seconds"].default
+    assert ["return", "404"] in directives, "/metrics is not served to the world"
+
+
+def test_the_proxy_logs_no_query_string(services: dict[str, Any]) -> None:
+    """A WebSocket URL may carry `?access_token=`: the access log has the path only."""
+    directives = nginx_directives(nginx_conf(services))
+    formats = [words for words in directives if words[0] == "log_format"]
+    assert len(formats) == 1
+    name, text = formats[0][1], " ".join(formats[0][2:])
+    assert "$uri" in text
+    for leaky in ("$request ", '$request"', "$request_uri", "$args", "$query_string"):
+        assert leaky not in text + " "
+    logs = [words for words in directives if words[0] == "access_log"]
+    assert logs and all(words[-1] in (name, "off") for words in logs)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_restart_policies(services: dict[str, Any], name: str) -> None:
+    assert services[name]["restart"] in ("unless-stopped", "always")
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_resource_limits(services: dict[str, Any], name: str) -> None:
+    limits = services[name]["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) > 0
+    assert re.fullmatch(r"\d+[mg]", str(limits["memory"]))
+
+
+def test_mongodb_keeps_its_data_in_a_named_volume(compose: dict[str, Any]) -> None:
+    mounts = dict(volume.split(":")[::-1] for volume in compose["services"]["mongodb"]["volumes"])
+    assert mounts["/data/db"] in compose["volumes"]
 
 
 @pytest.mark.parametrize("name", APP_SERVICES)
@@ -103,20 +194,25 @@ def test_environment_names_are_settings(services: dict[str, Any], name: str) -> 
         assert env[passed_through] == f"${{{passed_through}:-}}"
 
 
+def test_auth_is_on_with_a_development_secret_to_change(services: dict[str, Any]) -> None:
+    """The API verifies tokens; the secret goes to it alone."""
+    assert "AUTH_JWT_SECRET" not in environment(services["responder"])
+    value = environment(services["api"])["AUTH_JWT_SECRET"]
+    match = DEV_SECRET_DEFAULT.match(value)
+    assert match, f"AUTH_JWT_SECRET should default to a development secret: {value}"
+    secret = match["secret"]
+    assert len(secret) >= 32, "HS256 needs at least 32 characters"
+    Settings(auth_jwt_secret=secret)  # accepted as it is
+    readme = (ROOT / "README.md").read_text()
+    assert secret in readme and "AUTH_JWT_SECRET=$(openssl rand -hex 32)" in readme
+
+
 @pytest.mark.parametrize("name", APP_SERVICES)
 def test_offline_mock_is_the_mock_model_service(services: dict[str, Any], name: str) -> None:
     assert environment(services[name])["MOCK_MODEL_URL"] == f"http://mock-model:{MOCK_PORT}/v1"
 
 
-@pytest.mark.parametrize(
-    ("name", "expected"),
-    [
-        ("mongodb", "mongosh"),
-        ("rabbitmq", "rabbitmq-diagnostics -q ping"),
-        ("mock-model", f"127.0.0.1:{MOCK_PORT}/healthz"),
-        ("api", "127.0.0.1:8000/readyz"),
-    ],
-)
+@pytest.mark.parametrize(("name", "expected"), sorted(HEALTHCHECKS.items()))
 def test_healthchecks(services: dict[str, Any], name: str, expected: str) -> None:
     text = healthcheck_text(services[name])
     assert expected in text
@@ -124,16 +220,41 @@ def test_healthchecks(services: dict[str, Any], name: str, expected: str) -> Non
         assert "ping" in text
 
 
-@pytest.mark.parametrize(
-    ("name", "needs"),
-    [("api", {"mongodb", "rabbitmq"}), ("responder", {"mongodb", "rabbitmq", "mock-model"})],
-)
+@pytest.mark.parametrize(("name", "needs"), sorted(DEPENDENCIES.items()))
 def test_depends_on_healthy(services: dict[str, Any], name: str, needs: set[str]) -> None:
     depends_on = services[name]["depends_on"]
     assert set(depends_on) == needs
     for dependency, condition in depends_on.items():
         assert condition == {"condition": "service_healthy"}, dependency
         assert "healthcheck" in services[dependency], dependency
+
+
+def test_monitoring_is_a_profile(services: dict[str, Any]) -> None:
+    profiled = {name for name, service in services.items() if "profiles" in service}
+    assert profiled == MONITORING
+    for name in MONITORING:
+        assert services[name]["profiles"] == ["monitoring"]
+
+
+def mounted(service: dict[str, Any], target: str) -> Path:
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+    return ROOT / mounts[target]
+
+
+def test_prometheus_scrapes_every_replica(services: dict[str, Any]) -> None:
+    prometheus = services["prometheus"]
+    config = yaml.safe_load(mounted(prometheus, "/etc/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    api = jobs["api"]["dns_sd_configs"][0]
+    assert (api["names"], api["type"], api["port"]) == (["api"], "A", API_PORT)
+    assert jobs["api"]["metrics_path"] == "/metrics"
+    responder = jobs["responder"]["dns_sd_configs"][0]
+    assert (responder["names"], responder["type"]) == (["responder"], "A")
+    rules = config["rule_files"]
+    assert rules == ["/etc/prometheus/alerts.yml"]
+    alerts = yaml.safe_load(mounted(prometheus, rules[0]).read_text())
+    names = [rule["alert"] for group in alerts["groups"] for rule in group["rules"]]
+    assert "ServiceDown" in names
 
 
 def dockerfile_instructions() -> dict[str, list[str]]:
@@ -272,5 +393,5 @@ def test_docker_compose_config_accepts_the_file() -> None:
     )
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)
-    assert set(config["services"]) == {"mongodb", "rabbitmq", "mock-model", "api", "responder"}
+    assert set(config["services"]) == SERVICES - MONITORING
     assert config["services"]["api"]["command"] == COMMANDS["api"]
