@@ -46,13 +46,19 @@ class Message(WireModel):
     attempt: int = Field(0, ge=0, description="How many times the reply was started (0: not yet).")
     error: str | None = Field(None, exclude_if=lambda error: error is None)
     stopped: bool = Field(False, description="Ended early by a stop request; the text is kept.")
+    parent_id: str | None = Field(
+        None,
+        alias="parentId",
+        description="The message this one follows in the conversation's tree; null for a first.",
+    )
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "Message":
         return cls.model_validate({**document, "id": document["_id"]})
 
     def to_wire(self) -> dict[str, Any]:
-        return self.model_dump(mode="json", exclude_none=True)
+        """The message as sent to clients: optional fields left out, but `parentId` always there."""
+        return {**self.model_dump(mode="json", exclude_none=True), "parentId": self.parent_id}
 
 
 def _not_blank(text: str) -> str:
@@ -61,11 +67,44 @@ def _not_blank(text: str) -> str:
     return text
 
 
+MessageId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
+IfBusy = Literal["enqueue", "reject", "interrupt"]
+
+
 class ChatRequest(WireModel):
     message: Annotated[
         str, StringConstraints(min_length=1, max_length=32_000), AfterValidator(_not_blank)
     ]
     conversation_id: ConversationId | None = Field(None, alias="conversationId")
+    parent_id: MessageId | None = Field(
+        None,
+        alias="parentId",
+        description="The message the new one follows; absent: the latest; null: a new first one.",
+    )
+    if_busy: IfBusy = Field(
+        "enqueue",
+        alias="ifBusy",
+        description="While a reply of the conversation is unfinished: answer after it "
+        "(`enqueue`), refuse with 409 (`reject`), or stop it first (`interrupt`).",
+    )
+
+    @property
+    def follows_latest(self) -> bool:
+        """No `parentId` sent at all (an explicit null starts a new first message)."""
+        return "parent_id" not in self.model_fields_set
+
+
+class ErrorDetail(WireModel):
+    """The body of a 4xx other than 422: what was wrong, in words."""
+
+    detail: str
+
+
+class Busy(WireModel):
+    """`409` to `ifBusy: reject`: the reply still being written, which the client may stop."""
+
+    detail: str
+    message_id: str = Field(alias="messageId")
 
 
 class ChatAccepted(WireModel):

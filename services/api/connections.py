@@ -18,6 +18,7 @@ from shared.settings import Settings
 from shared.store.conversations import ConversationStore
 from shared.store.database import connect, ping
 from shared.store.turns import TurnStore
+from shared.store.upgrade import summarise_old_conversations
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Connections:
         turn_store = TurnStore(database)
         await conversations.ensure_indexes()
         await turn_store.ensure_indexes()
+        await summarise_old_conversations(database)
         connection = await broker.connect(settings.rabbitmq_url, timeout)
         channel = await connection.channel()
         live_channel = await connection.channel(publisher_confirms=False)

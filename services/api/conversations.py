@@ -5,15 +5,26 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 
+from services.api.posting import new_reply, stop_replies
 from services.api.routes import VALIDATION_ERROR, Backends, ConversationIdPath, Owner
 from shared.events import conversation_deleted_event
-from shared.schemas import Conversation, ConversationPage, ConversationRename, Status, StopRequest
+from shared.schemas import (
+    FINISHED,
+    Busy,
+    ChatAccepted,
+    Conversation,
+    ConversationPage,
+    ConversationRename,
+    ErrorDetail,
+)
 from shared.store.conversations import Position
+from shared.store.turns import Turn
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = {404: {"description": "No such conversation"}}
+NOT_FOUND = {404: {"model": ErrorDetail, "description": "No such conversation"}}
 
 
 def invalid(description: str) -> dict[int | str, dict[str, object]]:
@@ -98,14 +109,44 @@ async def delete_conversation(
     A reply's responder is stopped through the stop path; whatever it writes afterwards matches
     no document, and its job (or a redelivery of it) finds no reply and is acknowledged.
     """
-    for reply in await backends.conversations.unfinished_replies(owner, conversation_id):
-        stopped = await backends.conversations.request_stop(conversation_id, reply.id)
-        if stopped is not None and stopped.status == Status.STREAMING:
-            request = StopRequest(conversationId=conversation_id, messageId=reply.id)
-            await backends.publish_stop(request)
+    await stop_replies(
+        backends, await backends.conversations.unfinished_replies(owner, conversation_id)
+    )
     if not await backends.conversations.delete(owner, conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     try:
         await backends.announce(conversation_deleted_event(conversation_id))
     except Exception as error:  # it is deleted all the same; its streams end when clients leave
         log.warning("announcing the deletion of %s failed: %s", conversation_id, error)
+
+
+@router.post(
+    "/conversations/{conversation_id}/messages/{message_id}/regenerate",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=ChatAccepted,
+    responses={
+        404: {
+            "model": ErrorDetail,
+            "description": "No such assistant message in this conversation",
+        },
+        409: {"model": Busy, "description": "That reply is not finished yet"},
+    },
+)
+async def regenerate(
+    conversation_id: ConversationIdPath, message_id: str, backends: Backends, owner: Owner
+) -> ChatAccepted | JSONResponse:
+    """A new reply to the same user message, beside the old one, with the same context."""
+    reply = await backends.conversations.get_message(conversation_id, message_id)
+    question = None
+    if reply is not None and reply.sender == "assistant":
+        question = await backends.conversations.question_of(reply)
+    if reply is None or question is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
+    if reply.status not in FINISHED:
+        refusal = Busy(detail=f"reply {message_id} is still being written", messageId=reply.id)
+        return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
+    turn = Turn(question, new_reply(question), owner, regenerate=True)
+    await backends.turns.open(turn, None)
+    return ChatAccepted(
+        conversationId=conversation_id, userMessageId=question.id, messageId=turn.reply.id
+    )

@@ -1,21 +1,75 @@
-"""What `POST /chat` builds before it stores anything: the turn it asks for, and its fingerprint."""
+"""What `POST /chat` and regenerate decide before they store anything: the turn they ask for.
+
+The new user message's parent is checked here (it must be a message of the same conversation),
+and so is `ifBusy`, the policy for a conversation whose reply is still unfinished.
+"""
 
 import hashlib
 
 import orjson
+from fastapi import HTTPException, status
+from fastapi.exceptions import RequestValidationError
 
-from shared.schemas import ChatRequest, Message, Status, utc_timestamp
+from services.api.connections import Connections
+from shared.schemas import ChatRequest, Message, Status, StopRequest, utc_timestamp
 from shared.store.documents import new_id
 from shared.store.turns import Turn
 
 
+class ConversationBusy(Exception):
+    """`ifBusy: reject`, and a reply of the conversation is still unfinished."""
+
+    def __init__(self, reply_id: str) -> None:
+        super().__init__(f"a reply of this conversation is still being written: {reply_id}")
+        self.reply_id = reply_id
+
+
 def fingerprint(request: ChatRequest) -> str:
-    """A hash of every body field, so a reused idempotency key is recognised as another request."""
-    fields = request.model_dump(mode="json", by_alias=True)
+    """A hash of the body as sent, so a reused idempotency key is recognised as another request."""
+    fields = request.model_dump(mode="json", by_alias=True, exclude_unset=True)
     return hashlib.sha256(orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def new_turn(owner: str, conversation_id: str, text: str, request_hash: str) -> Turn:
+async def prepare_turn(
+    backends: Connections, owner: str, request: ChatRequest, request_hash: str
+) -> Turn:
+    """The turn `request` asks for, once its parent and the busy policy allow it.
+
+    Raises 404 for an unknown parent, 422 for a parent of another conversation, and
+    `ConversationBusy` for `ifBusy: reject`; `interrupt` stops the replies in flight first.
+    """
+    conversation_id = request.conversation_id or new_id()
+    turn = new_turn(owner, conversation_id, request.message, request_hash)
+    turn.follows_latest = request.follows_latest
+    if request.parent_id is not None:
+        parent = await backends.conversations.locate(owner, request.parent_id)
+        if parent is None:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"parent message {request.parent_id} not found"
+            )
+        if parent.conversation_id != request.conversation_id:
+            error = {"type": "value_error", "loc": ("body", "parentId")}
+            message = "the parent message belongs to another conversation"
+            raise RequestValidationError([{**error, "msg": message}])
+        turn.user.parent_id = parent.id
+    if request.conversation_id is not None and request.if_busy != "enqueue":
+        busy = await backends.conversations.unfinished_replies(owner, conversation_id)
+        if busy and request.if_busy == "reject":
+            raise ConversationBusy(busy[0].id)
+        await stop_replies(backends, busy)
+    return turn
+
+
+async def stop_replies(backends: Connections, replies: list[Message]) -> None:
+    """Stop each reply through the stop path, without waiting: later replies wait for it."""
+    for reply in replies:
+        stopped = await backends.conversations.request_stop(reply.conversation_id, reply.id)
+        if stopped is not None and stopped.status == Status.STREAMING:
+            request = StopRequest(conversationId=reply.conversation_id, messageId=reply.id)
+            await backends.publish_stop(request)
+
+
+def new_turn(owner: str, conversation_id: str, text: str, request_hash: str | None) -> Turn:
     """The user's message, stored `completed`, and its reply's empty placeholder."""
     timestamp = utc_timestamp()
     user = Message(
@@ -27,7 +81,18 @@ def new_turn(owner: str, conversation_id: str, text: str, request_hash: str) -> 
         timestamp=timestamp,
         seq=0,
     )
-    reply = user.model_copy(
-        update={"id": new_id(), "sender": "assistant", "message": "", "status": Status.CREATED}
+    return Turn(user, new_reply(user), owner, request_hash)
+
+
+def new_reply(user: Message) -> Message:
+    """An empty placeholder for a reply to `user`."""
+    return user.model_copy(
+        update={
+            "id": new_id(),
+            "sender": "assistant",
+            "message": "",
+            "status": Status.CREATED,
+            "timestamp": utc_timestamp(),
+            "parent_id": user.id,
+        }
     )
-    return Turn(user, reply, owner, request_hash)

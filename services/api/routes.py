@@ -15,20 +15,21 @@ from services.api.connections import Connections
 from services.api.hub import Subscriber
 from services.api.keys import ConversationKey
 from services.api.owner import current_owner
-from services.api.posting import fingerprint, new_turn
+from services.api.posting import ConversationBusy, fingerprint, prepare_turn
 from services.api.turns import KeyTaken
 from shared.events import finished_event
 from shared.schemas import (
     CONVERSATION_ID_PATTERN,
     FINISHED,
+    Busy,
     ChatAccepted,
     ChatRequest,
     ConversationMessages,
+    ErrorDetail,
     Message,
     Status,
     StopRequest,
 )
-from shared.store.documents import new_id
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 TRY_AGAIN_LATER = 1013
@@ -54,12 +55,20 @@ KEY_REUSED = "this Idempotency-Key was used for a different request; send a new 
 @router.post(
     "/chat",
     status_code=status.HTTP_202_ACCEPTED,
+    response_model=ChatAccepted,
     responses={
+        404: {"model": ErrorDetail, "description": "`parentId` names no message; nothing stored"},
+        409: {
+            "model": Busy,
+            "description": "`ifBusy: reject` and a reply of the conversation is unfinished "
+            "(`messageId`); nothing is stored",
+        },
         422: {
-            "description": "A field is invalid (named in `loc`), or the `Idempotency-Key` was "
-            "used before for a different request (`loc` names the header); nothing is stored",
+            "description": "A field is invalid (named in `loc`: also a `parentId` of another "
+            "conversation), or the `Idempotency-Key` was used before for a different request "
+            "(`loc` names the header); nothing is stored",
             "content": {"application/json": {"schema": VALIDATION_ERROR}},
-        }
+        },
     },
 )
 async def post_chat(
@@ -67,8 +76,10 @@ async def post_chat(
     backends: Backends,
     owner: Owner,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
-) -> ChatAccepted:
+) -> ChatAccepted | JSONResponse:
     """Store the message and its reply's placeholder, then queue the reply.
+
+    The message follows `parentId` (default: the conversation's latest message).
 
     A retried request with the same `Idempotency-Key` gets the first answer, not a second reply.
     A key belongs to its owner and to the request it came with (IETF Idempotency-Key draft):
@@ -79,7 +90,11 @@ async def post_chat(
     if idempotency_key is not None:
         turn = await backends.turn_store.find_turn(owner, idempotency_key)
     if turn is None:
-        turn = new_turn(owner, body.conversation_id or new_id(), body.message, request_hash)
+        try:
+            turn = await prepare_turn(backends, owner, body, request_hash)
+        except ConversationBusy as busy:
+            refusal = Busy(detail=str(busy), messageId=busy.reply_id)
+            return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
         try:
             await backends.turns.open(turn, idempotency_key)
         except KeyTaken:

@@ -163,18 +163,13 @@ class Worker:
     async def _wait_turn(self, reply: StoredReply) -> list[Message]:
         """Replies in a conversation are written one at a time, in the order they were asked.
 
-        Returns the history the reply answers, read once every earlier reply has finished. An
-        unfinished one almost always shows in that read itself; only a full window needs a
-        second look further back.
+        Returns the reply's context, read once every earlier reply has finished: the path from
+        the conversation's first message to the user message it answers (its branch only).
         """
-        limit = self.settings.context_messages
         for delay in poll_delays():
-            history = await self.store.history_before(reply, limit)
-            waiting = any(message.status not in FINISHED for message in history)
-            if not waiting and len(history) == limit:
-                waiting = await self.store.has_unfinished_before(reply)
-            if not waiting:
-                return history
+            path = await self.store.path_if_next(reply)
+            if path is not None:
+                return path[-self.settings.context_messages :]
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: poll_delays never ends")
 

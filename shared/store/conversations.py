@@ -20,6 +20,7 @@ from shared.store.documents import (
     find_message,
     messages_of,
     owned_by,
+    with_parents,
 )
 
 LIST_ORDER = [("updatedAt", DESCENDING), ("conversationId", DESCENDING)]
@@ -92,6 +93,18 @@ class ConversationStore:
         document = await self.conversations.find_one({"_id": key})
         return None if document is None else to_conversation(document)
 
+    async def locate(self, owner: str, message_id: str) -> Message | None:
+        """A message of this owner's, in whichever conversation it is."""
+        return await find_message(self.messages, {"_id": message_id, **owned_by(owner)})
+
+    async def question_of(self, reply: Message) -> Message | None:
+        """The user message a reply answers (its parent; for replies before trees, recorded)."""
+        document = await self.messages.find_one({"_id": reply.id}, {"userMessageId": 1})
+        question = reply.parent_id or (document or {}).get("userMessageId")
+        if question is None:
+            return None
+        return await self.get_message(reply.conversation_id, question)
+
     async def unfinished_replies(self, owner: str, conversation_id: str) -> list[Message]:
         """The conversation's replies still to be written or being written, oldest first."""
         query = {
@@ -126,7 +139,8 @@ class ConversationStore:
 
     async def list_messages(self, conversation_id: str) -> list[Message]:
         cursor = self.messages.find({"conversationId": conversation_id}).sort("order", ASCENDING)
-        return [Message.from_document(document) async for document in cursor]
+        documents = with_parents([document async for document in cursor])
+        return [Message.from_document(document) for document in documents]
 
     async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
         return await find_message(

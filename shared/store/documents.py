@@ -79,7 +79,21 @@ def free() -> dict[str, Any]:
 
 def to_document(message: Message, order: int, extra: dict[str, Any]) -> dict[str, Any]:
     document = message.model_dump(exclude={"id"}, exclude_none=True, mode="json")
-    return {"_id": message.id, "order": order, **document, **extra}
+    return {"_id": message.id, "order": order, "parentId": message.parent_id, **document, **extra}
+
+
+def with_parents(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Documents of one conversation, in creation order, each with its `parentId`.
+
+    Messages stored before messages formed a tree have no `parentId`: they read as one chain,
+    each following the message created before it.
+    """
+    previous = None
+    for document in documents:
+        if "parentId" not in document:
+            document["parentId"] = previous
+        previous = document["_id"]
+    return documents
 
 
 async def find_message(messages: AsyncCollection, query: dict[str, Any]) -> Message | None:

@@ -13,7 +13,14 @@ from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import Message, Status
-from shared.store.documents import UNFINISHED_VALUES, find_message, free, messages_of, now
+from shared.store.documents import (
+    UNFINISHED_VALUES,
+    find_message,
+    free,
+    messages_of,
+    now,
+    with_parents,
+)
 
 
 class TextSoFar(Protocol):
@@ -36,6 +43,8 @@ class StoredReply:
     message: Message
     order: int
     stop_requested: bool
+    user_message_id: str
+    """The user message it answers: its parent, also for replies stored before trees."""
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "StoredReply":
@@ -43,6 +52,7 @@ class StoredReply:
             Message.from_document(document),
             int(document["order"]),
             bool(document.get("stopRequested")),
+            document.get("parentId") or document["userMessageId"],
         )
 
 
@@ -60,22 +70,27 @@ class ReplyStore:
         document = await self.messages.find_one({"_id": message_id, "from": "assistant"})
         return None if document is None else StoredReply.from_document(document)
 
-    async def has_unfinished_before(self, reply: StoredReply) -> bool:
-        """Whether an earlier reply in the conversation still has to finish first."""
-        earlier = {
-            "conversationId": reply.message.conversation_id,
-            "from": "assistant",
-            "order": {"$lt": reply.order},
-            "status": {"$in": UNFINISHED_VALUES},
-        }
-        return await self.messages.count_documents(earlier, limit=1) > 0
+    async def path_to(self, reply: StoredReply) -> list[Message]:
+        """The model's context for `reply`: the path from the conversation's first message to
+        the user message it answers, that one last. Other branches are not on it."""
+        return follow_parents(reply, await self._earlier(reply))
 
-    async def history_before(self, reply: StoredReply, limit: int) -> list[Message]:
-        """The last `limit` messages before `reply`, oldest first."""
+    async def path_if_next(self, reply: StoredReply) -> list[Message] | None:
+        """`path_to(reply)`, or None while an earlier reply of the conversation (on any branch)
+        is unfinished: replies are written one at a time, in creation order. One read."""
+        earlier = await self._earlier(reply)
+        if any(
+            document["from"] == "assistant" and document["status"] in UNFINISHED_VALUES
+            for document in earlier
+        ):
+            return None
+        return follow_parents(reply, earlier)
+
+    async def _earlier(self, reply: StoredReply) -> list[dict[str, Any]]:
+        """Every message of the conversation created before `reply`, oldest first."""
         before = {"conversationId": reply.message.conversation_id, "order": {"$lt": reply.order}}
-        cursor = self.messages.find(before).sort("order", -1).limit(limit)
-        newest_first = [Message.from_document(document) async for document in cursor]
-        return newest_first[::-1]
+        cursor = self.messages.find(before).sort("order", ASCENDING)
+        return with_parents([document async for document in cursor])
 
     async def claim_reply(self, reply: StoredReply, lease: timedelta) -> StoredReply | None:
         """Start the next attempt at a reply nobody holds, from an empty text; None if held."""
@@ -104,7 +119,7 @@ class ReplyStore:
                 "error": None,
             }
         )
-        return StoredReply(started, reply.order, reply.stop_requested)
+        return StoredReply(started, reply.order, reply.stop_requested, reply.user_message_id)
 
     async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
         if message_ids:
@@ -188,3 +203,14 @@ class ReplyStore:
             {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now() - grace}}
         ).limit(limit)
         return [Message.from_document(document) async for document in cursor]
+
+
+def follow_parents(reply: StoredReply, earlier: list[dict[str, Any]]) -> list[Message]:
+    """Follow parents from the reply's user message back to the first message."""
+    by_id = {document["_id"]: document for document in earlier}
+    path: list[dict[str, Any]] = []
+    step: str | None = reply.user_message_id
+    while step is not None and step in by_id and len(path) < len(earlier):
+        path.append(by_id[step])
+        step = by_id[step]["parentId"]
+    return [Message.from_document(document) for document in reversed(path)]

@@ -45,6 +45,15 @@ class Turn:
     reply: Message
     owner: str = LOCAL_OWNER
     request_hash: str | None = None
+    follows_latest: bool = False
+    """The user message follows the conversation's latest message, found when it is stored."""
+    regenerate: bool = False
+    """The user message is stored already: only a new reply to it (a sibling of an earlier one)."""
+
+    @property
+    def new_messages(self) -> tuple[Message, ...]:
+        """What this turn adds to its conversation, in creation order."""
+        return (self.reply,) if self.regenerate else (self.user, self.reply)
 
     @classmethod
     def from_documents(cls, user: dict[str, Any], reply: dict[str, Any]) -> "Turn":
@@ -53,6 +62,7 @@ class Turn:
             Message.from_document(reply),
             user.get("owner", LOCAL_OWNER),
             user.get("requestHash"),
+            regenerate=bool(reply.get("regenerate")),
         )
 
 
@@ -80,9 +90,11 @@ class TurnStore:
         A key is scoped to its owner. A reused key fails only its own user message; the reply
         stored beside it is removed again.
         """
+        await self._find_parents([turn for turn, _ in turns])
         documents = []
+        turn_of: list[int] = []
         orders = []
-        for turn, key in turns:
+        for index, (turn, key) in enumerate(turns):
             user_fields: dict[str, Any] = {"owner": turn.owner, "replyId": turn.reply.id}
             if key is not None:
                 user_fields["idempotencyKey"] = key
@@ -93,9 +105,14 @@ class TurnStore:
                 "published": False,
                 "createdAt": now(),
             }
-            documents.append(to_document(turn.user, ORDER.tick(), user_fields))
+            if turn.regenerate:
+                reply_fields["regenerate"] = True
+            if not turn.regenerate:
+                documents.append(to_document(turn.user, ORDER.tick(), user_fields))
+                turn_of.append(index)
             orders.append(ORDER.tick())
             documents.append(to_document(turn.reply, orders[-1], reply_fields))
+            turn_of.append(index)
         taken: set[int] = set()
         try:
             await self.messages.insert_many(documents, ordered=False)
@@ -103,7 +120,7 @@ class TurnStore:
             errors = error.details["writeErrors"]
             if any(item["code"] != DUPLICATE_KEY for item in errors):
                 raise
-            taken = {item["index"] // 2 for item in errors}
+            taken = {turn_of[item["index"]] for item in errors}
             await self.messages.delete_many(
                 {"_id": {"$in": [turns[index][0].reply.id for index in taken]}}
             )
@@ -125,7 +142,7 @@ class TurnStore:
         for turn, order in stored:
             key = conversation_key(turn.owner, turn.reply.conversation_id)
             first, count, _, _ = latest.get(key, (turn, 0, turn, order))
-            latest[key] = (first, count + 2, turn, order)
+            latest[key] = (first, count + len(turn.new_messages), turn, order)
         moment = now()
         updates = [
             UpdateOne(
@@ -137,6 +154,23 @@ class TurnStore:
         ]
         if updates:
             await self.conversations.bulk_write(updates, ordered=False)
+
+    async def _find_parents(self, turns: list[Turn]) -> None:
+        """Give each turn that follows the latest message that message as its parent.
+
+        The latest is the conversation document's, or the reply of an earlier turn of the same
+        batch: one read for the whole batch, and none if no turn needs it.
+        """
+        if not any(turn.follows_latest for turn in turns):
+            return
+        keys = list({conversation_key(turn.owner, turn.reply.conversation_id) for turn in turns})
+        cursor = self.conversations.find({"_id": {"$in": keys}}, {"lastMessageId": 1})
+        latest = {document["_id"]: document.get("lastMessageId") async for document in cursor}
+        for turn in turns:
+            key = conversation_key(turn.owner, turn.reply.conversation_id)
+            if turn.follows_latest:
+                turn.user.parent_id = latest.get(key)
+            latest[key] = turn.reply.id
 
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})

@@ -1,0 +1,74 @@
+"""Bring data stored by earlier versions up to date at start-up, so an upgrade needs no manual step.
+
+Conversations stored before conversation documents existed get one, summarised from their
+messages. (Messages stored before trees need nothing: they read as one chain, see
+`documents.with_parents`.)
+"""
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from pymongo import UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+
+from shared.store.documents import (
+    LOCAL_OWNER,
+    conversation_key,
+    conversations_of,
+    messages_of,
+)
+from shared.store.turns import TITLE_LENGTH
+
+log = logging.getLogger(__name__)
+
+SUMMARISE = [
+    {"$sort": {"conversationId": 1, "order": 1}},
+    {
+        "$group": {
+            "_id": "$conversationId",
+            "owner": {"$first": "$owner"},
+            "firstText": {"$first": "$message"},
+            "firstAt": {"$first": "$timestamp"},
+            "lastAt": {"$last": "$timestamp"},
+            "lastMessageId": {"$last": "$_id"},
+            "lastOrder": {"$last": "$order"},
+            "messageCount": {"$sum": 1},
+        }
+    },
+]
+
+
+async def summarise_old_conversations(database: AsyncDatabase) -> None:
+    """Create the missing conversation documents, once: only while there are none at all."""
+    conversations, messages = conversations_of(database), messages_of(database)
+    if await conversations.find_one({}) is not None or await messages.find_one({}) is None:
+        return
+    updates = [
+        UpdateOne(
+            {"_id": conversation_key(row["owner"] or LOCAL_OWNER, row["_id"])},
+            {"$setOnInsert": _summary(row)},
+            upsert=True,
+        )
+        async for row in await messages.aggregate(SUMMARISE)
+    ]
+    if updates:
+        await conversations.bulk_write(updates, ordered=False)
+        log.info("created the documents of %d conversations stored before them", len(updates))
+
+
+def _summary(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "owner": row["owner"] or LOCAL_OWNER,
+        "conversationId": row["_id"],
+        "title": " ".join(row["firstText"].split())[:TITLE_LENGTH],
+        "createdAt": _moment(row["firstAt"]),
+        "updatedAt": _moment(row["lastAt"]),
+        "messageCount": row["messageCount"],
+        "lastMessageId": row["lastMessageId"],
+        "lastOrder": row["lastOrder"],
+    }
+
+
+def _moment(timestamp: str) -> datetime:
+    return datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
