@@ -102,12 +102,14 @@ class ChatPage:
     def message(self, message_id: str) -> Locator:
         return self.page.locator(f'article.message[data-id="{message_id}"]')
 
-    async def last_id(self, sender: str) -> str:
+    async def last_id(self, sender: str, not_: str = "") -> str:
+        """The id of the last `sender` message shown (waiting for one other than `not_`)."""
+
         async def last() -> str:
             ids: list[str] = await self.messages(sender).evaluate_all(
                 "items => items.map((item) => item.dataset.id)"
             )
-            return ids[-1] if ids else ""
+            return ids[-1] if ids and ids[-1] != not_ else ""
 
         return await eventually(last, WAIT_SECONDS, what=f"a {sender} message on the page")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.async_api import BrowserContext, Request, WebSocketRoute
+from playwright.async_api import BrowserContext, Page, Request, WebSocketRoute
 
 from tests.browser import PHONE, ChatPage, words
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
@@ -196,10 +196,16 @@ async def test_the_page_fits_a_phone(
     await page.locator("#menu").click()
     await eventually(lambda: _in_view(page, "#new-chat"), what="the menu to open")
     await page.screenshot(path=tmp_path / "phone.png")
+    await page.mouse.click(PHONE["width"] - 10, PHONE["height"] // 2)
+    await eventually(lambda: _out_of_view(page, "#new-chat"), what="a tap beside it to close it")
 
 
-async def _in_view(page: object, selector: str) -> bool:
-    box = await page.locator(selector).bounding_box()  # type: ignore[attr-defined]
+async def _out_of_view(page: Page, selector: str) -> bool:
+    return not await _in_view(page, selector)
+
+
+async def _in_view(page: Page, selector: str) -> bool:
+    box = await page.locator(selector).bounding_box()
     return bool(box and box["x"] >= 0)
 
 

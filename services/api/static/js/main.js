@@ -223,7 +223,12 @@ $("#new-chat").addEventListener("click", () => {
   document.body.classList.remove("menu-open");
   box.focus();
 });
-$("#menu").addEventListener("click", () => document.body.classList.toggle("menu-open"));
+$("#menu").addEventListener("click", (event) => {
+  event.stopPropagation();
+  document.body.classList.toggle("menu-open");
+});
+// On a phone the list is a drawer over the conversation: a tap beside it closes it.
+$("main").addEventListener("click", () => document.body.classList.remove("menu-open"));
 $("#error .close").addEventListener("click", () => ($("#error").hidden = true));
 
 takeTokenFromFragment();

@@ -102,7 +102,7 @@ export class ConversationList {
     title.title = item.title ?? "";
     title.addEventListener("click", () => this.actions.select(item.conversationId));
     row.append(title);
-    if (this.supported) row.append(this.tool("✎", "rename", () => this.rename(row, item)), this.tool("🗑", "delete", () => this.remove(item)));
+    if (this.supported) row.append(this.tool("✎", "rename", () => this.rename(row, item)), this.tool("✕", "delete", () => this.remove(item)));
     return row;
   }
 
@@ -112,6 +112,7 @@ export class ConversationList {
     node.className = `tool ${name}`;
     node.textContent = label;
     node.setAttribute("aria-label", `${name} conversation`);
+    node.title = `${name[0].toUpperCase()}${name.slice(1)} conversation`;
     node.addEventListener("click", onClick);
     return node;
   }
