@@ -5,6 +5,7 @@ until the broker confirms its job, so the outbox can publish it later if the bro
 Each batch also brings the conversation documents it touches up to date, in one bulk write.
 """
 
+import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -90,7 +91,7 @@ class TurnStore:
         A key is scoped to its owner. A reused key fails only its own user message; the reply
         stored beside it is removed again.
         """
-        await self._find_parents([turn for turn, _ in turns])
+        existing = await self._find_parents([turn for turn, _ in turns])
         documents = []
         turn_of: list[int] = []
         orders = []
@@ -129,48 +130,69 @@ class TurnStore:
             for index, ((turn, _), order) in enumerate(zip(turns, orders, strict=True))
             if index not in taken
         ]
-        await self._summarise(stored)
+        await self._summarise(stored, existing)
         return taken
 
-    async def _summarise(self, stored: list[tuple[Turn, int]]) -> None:
+    async def _summarise(self, stored: list[tuple[Turn, int]], existing: set[str]) -> None:
         """Count the new messages into their conversations' documents, creating those that are new.
 
-        One update per conversation, written as a pipeline so that concurrent batches (other
-        API instances) can only move `updatedAt` and the latest message forward.
+        New conversations are inserted in one bulk insert (a burst of new conversations costs
+        about what its messages do); known ones are updated in one bulk write, each update a
+        pipeline so that concurrent batches (other API instances) only move `updatedAt` and the
+        latest message forward. A conversation another instance created meanwhile is updated.
         """
-        latest: dict[str, tuple[Turn, int, Turn, int]] = {}
+        groups: dict[str, _Group] = {}
         for turn, order in stored:
             key = conversation_key(turn.owner, turn.reply.conversation_id)
-            first, count, _, _ = latest.get(key, (turn, 0, turn, order))
-            latest[key] = (first, count + len(turn.new_messages), turn, order)
+            groups.setdefault(key, _Group(turn)).add(turn, order)
         moment = now()
-        updates = [
-            UpdateOne(
-                {"_id": key},
-                [{"$set": _summary(first, count, moment, last.reply.id, order)}],
-                upsert=True,
-            )
-            for key, (first, count, last, order) in latest.items()
-        ]
-        if updates:
+        fresh = [key for key in groups if key not in existing]
+        known = [key for key in groups if key in existing]
+        raced, _ = await asyncio.gather(
+            self._create({key: groups[key] for key in fresh}, moment),
+            self._update({key: groups[key] for key in known}, moment),
+        )
+        await self._update({key: groups[key] for key in raced}, moment)
+
+    async def _create(self, groups: dict[str, "_Group"], moment: datetime) -> list[str]:
+        """Insert these conversations' documents; the keys that turned out to exist already."""
+        if not groups:
+            return []
+        keys = list(groups)
+        documents = [{"_id": key, **groups[key].document(moment)} for key in keys]
+        try:
+            await self.conversations.insert_many(documents, ordered=False)
+        except BulkWriteError as error:
+            errors = error.details["writeErrors"]
+            if any(item["code"] != DUPLICATE_KEY for item in errors):
+                raise
+            return [keys[item["index"]] for item in errors]
+        return []
+
+    async def _update(self, groups: dict[str, "_Group"], moment: datetime) -> None:
+        if groups:
+            updates = [
+                UpdateOne({"_id": key}, [{"$set": group.update(moment)}], upsert=True)
+                for key, group in groups.items()
+            ]
             await self.conversations.bulk_write(updates, ordered=False)
 
-    async def _find_parents(self, turns: list[Turn]) -> None:
+    async def _find_parents(self, turns: list[Turn]) -> set[str]:
         """Give each turn that follows the latest message that message as its parent.
 
         The latest is the conversation document's, or the reply of an earlier turn of the same
-        batch: one read for the whole batch, and none if no turn needs it.
+        batch: one read for the whole batch. Returns the keys of the conversations that exist.
         """
-        if not any(turn.follows_latest for turn in turns):
-            return
         keys = list({conversation_key(turn.owner, turn.reply.conversation_id) for turn in turns})
         cursor = self.conversations.find({"_id": {"$in": keys}}, {"lastMessageId": 1})
         latest = {document["_id"]: document.get("lastMessageId") async for document in cursor}
+        existing = set(latest)
         for turn in turns:
             key = conversation_key(turn.owner, turn.reply.conversation_id)
             if turn.follows_latest:
                 turn.user.parent_id = latest.get(key)
             latest[key] = turn.reply.id
+        return existing
 
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})
@@ -200,25 +222,55 @@ class TurnStore:
         return turns
 
 
-def _summary(first: Turn, count: int, moment: datetime, last_id: str, order: int) -> dict[str, Any]:
-    """The aggregation `$set` that folds `count` new messages, the last `last_id`, into a summary.
+@dataclass(slots=True)
+class _Group:
+    """The turns of one batch in one conversation: what they change in its document."""
 
-    Text from users goes in through `$literal`, so a leading `$` is never read as a field path.
-    """
-    title = " ".join(first.user.message.split())[:TITLE_LENGTH]
-    return {
-        "owner": {"$literal": first.owner},
-        "conversationId": {"$literal": first.reply.conversation_id},
-        "title": {"$ifNull": ["$title", {"$literal": title}]},
-        "createdAt": {"$ifNull": ["$createdAt", moment]},
-        "updatedAt": {"$max": ["$updatedAt", moment]},
-        "messageCount": {"$add": [{"$ifNull": ["$messageCount", 0]}, count]},
-        "lastMessageId": {
-            "$cond": [
-                {"$gt": [order, {"$ifNull": ["$lastOrder", 0]}]},
-                {"$literal": last_id},
-                "$lastMessageId",
-            ]
-        },
-        "lastOrder": {"$max": ["$lastOrder", order]},
-    }
+    first: Turn
+    count: int = 0
+    last_id: str = ""
+    last_order: int = 0
+
+    def add(self, turn: Turn, order: int) -> None:
+        self.count += len(turn.new_messages)
+        self.last_id, self.last_order = turn.reply.id, order
+
+    def document(self, moment: datetime) -> dict[str, Any]:
+        """A new conversation's document."""
+        return {
+            "owner": self.first.owner,
+            "conversationId": self.first.reply.conversation_id,
+            "title": title_of(self.first.user.message),
+            "createdAt": moment,
+            "updatedAt": moment,
+            "messageCount": self.count,
+            "lastMessageId": self.last_id,
+            "lastOrder": self.last_order,
+        }
+
+    def update(self, moment: datetime) -> dict[str, Any]:
+        """The aggregation `$set` that folds this group into an existing document (or a new one).
+
+        Text from users goes in through `$literal`, so a leading `$` is never read as a path.
+        """
+        return {
+            "owner": {"$literal": self.first.owner},
+            "conversationId": {"$literal": self.first.reply.conversation_id},
+            "title": {"$ifNull": ["$title", {"$literal": title_of(self.first.user.message)}]},
+            "createdAt": {"$ifNull": ["$createdAt", moment]},
+            "updatedAt": {"$max": ["$updatedAt", moment]},
+            "messageCount": {"$add": [{"$ifNull": ["$messageCount", 0]}, self.count]},
+            "lastMessageId": {
+                "$cond": [
+                    {"$gt": [self.last_order, {"$ifNull": ["$lastOrder", 0]}]},
+                    {"$literal": self.last_id},
+                    "$lastMessageId",
+                ]
+            },
+            "lastOrder": {"$max": ["$lastOrder", self.last_order]},
+        }
+
+
+def title_of(text: str) -> str:
+    """A conversation's title until renamed: the start of its first user message."""
+    return " ".join(text.split())[:TITLE_LENGTH]

@@ -18,7 +18,7 @@ from shared.store.documents import (
     conversations_of,
     messages_of,
 )
-from shared.store.turns import TITLE_LENGTH
+from shared.store.turns import title_of
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "owner": row["owner"] or LOCAL_OWNER,
         "conversationId": row["_id"],
-        "title": " ".join(row["firstText"].split())[:TITLE_LENGTH],
+        "title": title_of(row["firstText"]),
         "createdAt": _moment(row["firstAt"]),
         "updatedAt": _moment(row["lastAt"]),
         "messageCount": row["messageCount"],

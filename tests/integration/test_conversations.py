@@ -124,3 +124,20 @@ async def test_bad_paging_is_refused(api: ApiClient, params: dict[str, Any]) -> 
     response = await api.http.get("/conversations", params=params)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", next(iter(params))]
+
+
+async def test_posts_on_two_instances_at_once_count_every_message(
+    api: ApiClient, api_b: ApiClient
+) -> None:
+    """Both instances may see a new conversation as new; whichever creates its document second
+    adds to it instead."""
+    conversation_ids = [new_conversation_id() for _ in range(5)]
+    await asyncio.gather(
+        *(
+            client.post_chat(prompt("at once", tokens=1, delay_ms=0), conversation_id)
+            for conversation_id in conversation_ids
+            for client in (api, api_b, api)
+        )
+    )
+    for conversation_id in conversation_ids:
+        assert (await _conversation(api, conversation_id)).message_count == 6
