@@ -192,6 +192,7 @@ $("#composer").addEventListener("submit", async (event) => {
   sendButton.disabled = true;
   try {
     await send(text);
+    $("#error").hidden = true;
     box.value = "";
     fitBox();
   } catch (error) {
