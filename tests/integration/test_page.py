@@ -309,3 +309,28 @@ async def test_a_repeated_delta_is_skipped_and_a_missed_one_brings_a_fresh_snaps
     assert len(sockets) >= 2, "the gap made the page reconnect"
     stored = await stored_words(api, await chat.conversation_id(), reply_id)
     assert words(await chat.text(reply_id)) == stored == words(expected_reply(question, 30))
+
+
+async def test_send_now_interrupts_the_reply_being_written(
+    api: ApiClient, context: BrowserContext
+) -> None:
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await chat.send(prompt("long answer", tokens=400, **SLOW))
+    first_reply = await chat.last_id("assistant")
+    await chat.words_shown(first_reply, 2)
+    send_now = chat.page.locator("#send-now")
+    box = await send_now.bounding_box()
+    assert box and box["x"] + box["width"] <= PHONE["width"], "Send now fits a phone"
+    question = prompt("instead", tokens=5)
+    await chat.page.locator("#message-box").fill(question)
+    await send_now.click()
+
+    second_reply = await chat.last_id("assistant", not_=first_reply)
+    assert await chat.finished(second_reply) == "completed"
+    assert await chat.finished(first_reply) == "completed"
+    assert await chat.status(first_reply) == "stopped"
+    stored = await api.message(await chat.conversation_id(), first_reply)
+    assert stored.stopped and len(words(stored.message)) < 400
+    assert words(await chat.text(second_reply)) == words(expected_reply(question, 5))
+    assert await send_now.is_hidden()

@@ -84,6 +84,7 @@ function render() {
     view.render(state.path);
     const streaming = state.stream?.inFlight() ?? [];
     $("#stop").hidden = streaming.length === 0;
+    $("#send-now").hidden = streaming.length === 0;
   });
 }
 
@@ -149,9 +150,12 @@ function parentForNewMessage() {
   return state.path[state.path.length - 1].message.id;
 }
 
-async function send(text) {
+// `interrupt`: the reply being written stops (its text kept) and this message is answered next;
+// otherwise it is answered after the replies before it (`ifBusy` left at its default).
+async function send(text, interrupt) {
   if (!state.conversationId) select(newConversationId());
   const body = { message: text, conversationId: state.conversationId };
+  if (interrupt) body.ifBusy = "interrupt";
   const parentId = parentForNewMessage();
   if (parentId) body.parentId = parentId;
   await api.chat(body);
@@ -188,10 +192,11 @@ $("#composer").addEventListener("submit", async (event) => {
   event.preventDefault();
   const text = box.value;
   if (!text.trim()) return;
+  const interrupt = event.submitter?.id === "send-now";
   const sendButton = $("#send");
   sendButton.disabled = true;
   try {
-    await send(text);
+    await send(text, interrupt);
     $("#error").hidden = true;
     box.value = "";
     fitBox();
