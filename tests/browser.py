@@ -11,14 +11,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.async_api import Browser, BrowserContext, Dialog, Locator, Page, async_playwright
+from playwright.async_api import (
+    Browser,
+    BrowserContext,
+    Dialog,
+    Locator,
+    Page,
+    ViewportSize,
+    async_playwright,
+)
 
 from tests.helpers import eventually
 from tests.infra import InfrastructureMissing
 
 CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-DESKTOP = {"width": 1100, "height": 720}
-PHONE = {"width": 390, "height": 760}
+DESKTOP: ViewportSize = {"width": 1100, "height": 720}
+PHONE: ViewportSize = {"width": 390, "height": 760}
 WAIT_SECONDS = 20.0
 
 
@@ -41,7 +49,7 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest.fixture
 async def context(browser: Browser) -> AsyncIterator[BrowserContext]:
     """A fresh browser profile per test: its own session storage, cookies and tabs."""
-    fresh = await browser.new_context(viewport=DESKTOP)  # type: ignore[arg-type]
+    fresh = await browser.new_context(viewport=DESKTOP)
     try:
         yield fresh
     finally:

@@ -7,6 +7,7 @@ compares it with what the API stored.
 import asyncio
 import json
 import re
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -104,7 +105,7 @@ async def test_two_tabs_show_the_same_conversation_live(
     first = await ChatPage.open(context, api.base_url, f"#c={conversation_id}")
     second = await ChatPage.open(context, api_b.base_url, f"#c={conversation_id}")
     for tab in (first, second):
-        await eventually(lambda tab=tab: _live(tab), what="both tabs live")  # type: ignore[misc]
+        await eventually(partial(_live, tab), what="both tabs live")
     question = prompt("two tabs", tokens=20, **SLOW)
     await first.send(question)
 
@@ -182,7 +183,7 @@ async def test_the_page_fits_a_phone(
     api: ApiClient, context: BrowserContext, tmp_path: Path
 ) -> None:
     chat = await ChatPage.open(context, api.base_url)
-    await chat.page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await chat.page.set_viewport_size(PHONE)
     await chat.send(prompt("phone", tokens=12))
     reply_id = await chat.last_id("assistant")
     await chat.finished(reply_id)
@@ -315,7 +316,7 @@ async def test_send_now_interrupts_the_reply_being_written(
     api: ApiClient, context: BrowserContext
 ) -> None:
     chat = await ChatPage.open(context, api.base_url)
-    await chat.page.set_viewport_size(PHONE)  # type: ignore[arg-type]
+    await chat.page.set_viewport_size(PHONE)
     await chat.send(prompt("long answer", tokens=400, **SLOW))
     first_reply = await chat.last_id("assistant")
     await chat.words_shown(first_reply, 2)

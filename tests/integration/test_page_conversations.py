@@ -1,5 +1,7 @@
 """The page's conversation list: newest first, more on scroll, open, rename (in Chromium)."""
 
+from functools import partial
+
 from playwright.async_api import BrowserContext
 
 from tests.browser import ChatPage, words
@@ -111,7 +113,7 @@ async def test_deleting_a_conversation_clears_it_from_every_tab(
 
     await eventually(lambda: _gone(first, conversation_id), what="the row to go")
     for tab in (first, second):
-        await eventually(lambda tab=tab: _cleared(tab), what="the conversation to leave the tab")  # type: ignore[misc]
+        await eventually(partial(_cleared, tab), what="the conversation to leave the tab")
     notice = second.page.locator("#error .text")
     assert await notice.inner_text() == "This conversation was deleted."
     assert (await api.http.get(f"/conversations/{conversation_id}")).status_code == 404
