@@ -236,6 +236,10 @@ $("#menu").addEventListener("click", (event) => {
 // On a phone the list is a drawer over the conversation: a tap beside it closes it.
 $("main").addEventListener("click", () => document.body.classList.remove("menu-open"));
 $("#error .close").addEventListener("click", () => ($("#error").hidden = true));
+// Conversations started or renamed in another tab or device show up when this tab is back.
+document.addEventListener("visibilitychange", () => {
+  if (document.visibilityState === "visible") sidebar.reload();
+});
 
 takeTokenFromFragment();
 const fragment = new URLSearchParams(location.hash.slice(1));
