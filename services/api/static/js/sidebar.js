@@ -15,6 +15,7 @@ export class ConversationList {
     this.items = [];
     this.next = null;
     this.loading = false;
+    this.reloads = 0;
     this.selected = null;
     this.list.addEventListener("scroll", () => this.maybeMore());
     this.fallback.addEventListener("submit", (event) => {
@@ -27,8 +28,10 @@ export class ConversationList {
   // The first page again; conversations already loaded below it stay, with their cursor
   // (a conversation that moved up is in the first page now, and is not listed twice).
   async reload() {
+    const ticket = ++this.reloads;
     try {
       const page = await api.listConversations();
+      if (ticket !== this.reloads) return; // a later reload is under way: its answer is newer
       const fresh = new Set(page.conversations.map((c) => c.conversationId));
       const below = this.items.filter((c) => !fresh.has(c.conversationId));
       const loadedMore = this.items.length > page.conversations.length && this.supported;
@@ -37,6 +40,7 @@ export class ConversationList {
       this.supported = true;
       this.fallback.hidden = true;
     } catch (error) {
+      if (ticket !== this.reloads) return;
       if (!(error instanceof HttpError && MISSING.has(error.status))) return this.actions.error(error);
       this.supported = false;
       this.fallback.hidden = false;
