@@ -187,14 +187,14 @@ def _stack(args: argparse.Namespace, log_dir: Path) -> Iterator[Target]:
 
 
 @dataclass
-class Outcome:
+class Findings:
     results: list[RunResult] = field(default_factory=list)
     searches: list[SearchResult] = field(default_factory=list)
     error: str | None = None
     """Why the bench stopped early; the results so far are still reported."""
 
 
-async def _measure_all(args: argparse.Namespace, log_dir: Path, outcome: Outcome) -> None:
+async def _measure_all(args: argparse.Namespace, log_dir: Path, outcome: Findings) -> None:
     """The planned runs (one stack, or one per run), then the searches on one stack."""
     loads = plan(args)
     show = not args.no_progress
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.nice is not None:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # the stack's processes inherit it
     log_dir = args.logs or ROOT / "bench-results" / time.strftime("logs-%Y%m%d-%H%M%S")
-    outcome = Outcome()
+    outcome = Findings()
     try:
         uvloop.run(_measure_all(args, log_dir, outcome))
     except (RuntimeError, TimeoutError, OSError) as error:

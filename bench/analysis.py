@@ -15,7 +15,7 @@ Emission = dict[str, Any]
 
 
 @dataclass(slots=True)
-class Reply:
+class RebuiltReply:
     """One conversation's assistant reply, rebuilt from its frames and checked."""
 
     lags_ms: list[float]
@@ -121,7 +121,7 @@ def analyse_reply(
     emissions: Sequence[Emission],
     expected_tokens: int,
     delay_ms: float = 0.0,
-) -> Reply:
+) -> RebuiltReply:
     """Check one reply against the mock's last attempt at it (all of it lost if none)."""
     pieces, final, deltas, seq_errors = rebuild(conversation)
     emission = _attempt_shown(emissions, final)
@@ -142,7 +142,7 @@ def analyse_reply(
     error = conversation.error or failure
     if error is None and not emissions:
         error = "the mock has no emission record for this conversation"
-    return Reply(
+    return RebuiltReply(
         lags_ms=lags_ms(alignment.received_at, emission["emitted"]),
         emitted=[
             sent

@@ -59,7 +59,7 @@ class Conversation:
 
 
 @dataclass(slots=True)
-class Progress:
+class Tally:
     total: int
     started_at: float = field(default_factory=time.monotonic)
     done: int = 0
@@ -75,7 +75,7 @@ async def run_load(
         Conversation(key=f"bench-{run_id}-{index:06d}", conversation_id=f"bench-{run_id}-{index}")
         for index in range(load.conversations)
     ]
-    progress = Progress(total=load.conversations)
+    progress = Tally(total=load.conversations)
     parts = urlsplit(api_url)
     if parts.scheme != "http" or parts.hostname is None:
         raise ValueError(f"the bench speaks plain HTTP to a local API, not {api_url}")
@@ -110,7 +110,7 @@ async def _converse(
     api: "Endpoint",
     ws_url: str,
     start_at: float,
-    progress: Progress,
+    progress: Tally,
 ) -> None:
     await asyncio.sleep(max(0.0, start_at - time.monotonic()))
     url = f"{ws_url}/conversations/{conversation.conversation_id}/stream"
@@ -194,7 +194,7 @@ async def _receive(websocket: ClientConnection, conversation: Conversation) -> d
 
 
 async def _read_until_finished(
-    websocket: ClientConnection, conversation: Conversation, progress: Progress
+    websocket: ClientConnection, conversation: Conversation, progress: Tally
 ) -> None:
     """Read frames until the assistant's reply completes or fails."""
     while True:
@@ -207,7 +207,7 @@ async def _read_until_finished(
             return
 
 
-async def _report(progress: Progress, label: str, show: bool) -> None:
+async def _report(progress: Tally, label: str, show: bool) -> None:
     interactive = sys.stderr.isatty()
     interval = 0.25 if interactive else 5.0
     while True:
@@ -215,7 +215,7 @@ async def _report(progress: Progress, label: str, show: bool) -> None:
         _print_progress(progress, label, final=False, show=show)
 
 
-def _print_progress(progress: Progress, label: str, final: bool, show: bool) -> None:
+def _print_progress(progress: Tally, label: str, final: bool, show: bool) -> None:
     if not show:
         return
     elapsed = time.monotonic() - progress.started_at

@@ -1,13 +1,17 @@
 """Start the whole system locally: MongoDB (or SecantusDB), the mock model, API and responder."""
 
+import asyncio
 import shutil
 import subprocess
 import sys
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import aio_pika
+from aio_pika.exceptions import AMQPError
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
@@ -19,6 +23,8 @@ from devstack.processes import (
     port_open,
     python_module,
 )
+from shared.broker import CHAT_QUEUE, node_urls
+from shared.settings import Settings
 
 SECANTUS = "secantusd-py"
 
@@ -32,6 +38,31 @@ def mongo_reachable(url: str, timeout: float = 1.0) -> bool:
         return False
     finally:
         client.close()
+
+
+def chat_consumers(amqp_url: str) -> int:
+    """How many consumers the broker counts on the job queue (0 before it is declared)."""
+
+    async def count(url: str) -> int:
+        connection = await aio_pika.connect(url, timeout=2)
+        async with connection:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(CHAT_QUEUE, passive=True)
+            except AMQPError:
+                return 0
+            return queue.declaration_result.consumer_count or 0
+
+    def run() -> int:
+        for url in node_urls(amqp_url):  # any live node of a cluster knows its queues
+            try:
+                return asyncio.run(count(url))
+            except (OSError, TimeoutError, AMQPError):
+                continue
+        return 0
+
+    with ThreadPoolExecutor(1) as thread:  # callers may be inside an event loop of their own
+        return thread.submit(run).result()
 
 
 def start_secantus(
@@ -75,6 +106,7 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     processes: list[Process] = field(default_factory=list)
+    responders: list[Process] = field(default_factory=list)
 
     def start_api(
         self, port: int | None = None, name: str | None = None, **overrides: str
@@ -93,9 +125,10 @@ class Stack:
         env = child_env(**self.env, **overrides)
         process = Process(name, python_module("services.responder"), env, self.log_dir).start()
         self.processes.append(process)
-        process.wait_ready(
-            lambda: "consuming" in process.log_path.read_text(errors="replace"), timeout=30
-        )
+        self.responders.append(process)
+        amqp_url = env.get("RABBITMQ_URL") or Settings().rabbitmq_url
+        running = sum(responder.running() for responder in self.responders)
+        process.wait_ready(lambda: chat_consumers(amqp_url) >= running, timeout=30)
         return process
 
     def stop(self) -> None:

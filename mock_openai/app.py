@@ -8,12 +8,12 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from mock_openai.chat import DEFAULT_MODEL, BadRequestError, ChatRequest, parse_chat_request
+from mock_openai.chat import DEFAULT_MODEL, BadRequestError, CompletionRequest, parse_chat_request
 from mock_openai.directives import DirectiveError, Directives, parse_directives
 from mock_openai.journal import Journal
 from mock_openai.script import reasoning_tokens, reply_tokens
 from mock_openai.stream import TokenStream
-from mock_openai.wire import Quirks, Reply, error_body, usage
+from mock_openai.wire import Completion, Quirks, error_body, usage
 
 
 class OrjsonResponse(Response):
@@ -50,7 +50,7 @@ class MockEndpoints:
         tokens = reply_tokens(chat.key, attempt, directives.sent_tokens)
         reasoning = reasoning_tokens(chat.key, attempt, directives.reasoning)
         token_usage = usage(chat.prompt_words, len(reasoning) + len(tokens), len(reasoning))
-        reply = Reply(
+        reply = Completion(
             chat.model, Quirks(directives.comments, directives.empty_choices, directives.done)
         )
         if chat.stream:
@@ -64,10 +64,10 @@ class MockEndpoints:
 
     def _stream(
         self,
-        chat: ChatRequest,
+        chat: CompletionRequest,
         directives: Directives,
         attempt: int,
-        reply: Reply,
+        reply: Completion,
         tokens: list[str],
         reasoning: list[str],
         token_usage: dict[str, Any] | None,

@@ -13,7 +13,7 @@ class BadRequestError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
-class ChatRequest:
+class CompletionRequest:
     """The parts of a request that shape the reply and the logs."""
 
     model: str
@@ -28,7 +28,7 @@ class ChatRequest:
         return sum(len(_text(message).split()) for message in self.messages)
 
 
-def parse_chat_request(body: bytes) -> ChatRequest:
+def parse_chat_request(body: bytes) -> CompletionRequest:
     """Validate just enough of the body to answer it like the real API would."""
     try:
         data = orjson.loads(body)
@@ -42,7 +42,7 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if not all(isinstance(message, dict) for message in messages):
         raise BadRequestError("each message must be an object")
     options = data.get("stream_options")
-    return ChatRequest(
+    return CompletionRequest(
         model=str(data.get("model") or DEFAULT_MODEL),
         messages=messages,
         stream=data.get("stream") is True,

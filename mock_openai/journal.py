@@ -4,7 +4,7 @@ from typing import Any
 
 import orjson
 
-from mock_openai.chat import ChatRequest
+from mock_openai.chat import CompletionRequest
 
 Record = dict[str, Any]
 
@@ -17,7 +17,7 @@ class Journal:
         self._requests: list[Record] = []
         self._emissions: list[Record] = []
 
-    def record_request(self, request: ChatRequest) -> int:
+    def record_request(self, request: CompletionRequest) -> int:
         """Log `request` and return its attempt number: prior sightings of the same messages."""
         identity = orjson.dumps(request.messages, option=orjson.OPT_SORT_KEYS)
         attempt = self._attempts.get(identity, 0)

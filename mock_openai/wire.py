@@ -46,7 +46,7 @@ class Quirks:
     done: bool = True
 
 
-class Reply:
+class Completion:
     """One response's identity (id, created, model) and its rendering in both modes."""
 
     def __init__(self, model: str, quirks: Quirks) -> None:

@@ -35,6 +35,12 @@ QUORUM = {"x-queue-type": "quorum"}
 CHAT_DELIVERY_LIMIT = 20
 QUORUM_MIGRATION = "docs/operations.md#upgrading-chat-message-to-a-quorum-queue"
 
+CONFIRM_TIMEOUT_SECONDS = 2.0
+"""How long a publish on a request's path waits for the broker: a job left unconfirmed stays
+in the outbox, a stop request answers with an error."""
+EVENTS_RESEND_SECONDS = 1.0
+"""A batch of live events not confirmed by then is sent again; the API drops the repeats."""
+
 
 def node_urls(setting: str) -> list[str]:
     """RABBITMQ_URL: one node's URL, or the nodes of one cluster separated by commas."""

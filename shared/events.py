@@ -16,7 +16,6 @@ DELTA = "message.delta"
 UPDATED = "message.updated"
 COMPLETED = "message.completed"
 FAILED = "message.failed"
-MESSAGE_EVENTS = frozenset({CREATED, UPDATED, COMPLETED, FAILED})
 CONVERSATION_DELETED = "conversation.deleted"
 
 MessageEventType = Literal[

@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, Self
+from typing import Any, Self, get_args
 
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from shared.events import CONVERSATION_DELETED, MESSAGE_EVENTS
+from shared.events import CONVERSATION_DELETED, MessageEventType
 from shared.schemas import FINISHED, Message, Status
 
 DEFAULT_TIMEOUT = 20.0
+MESSAGE_EVENTS = frozenset(get_args(MessageEventType))
 
 
 class Rebuilder:

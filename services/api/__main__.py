@@ -4,15 +4,15 @@ import uvicorn
 import uvloop
 
 from services.api.app import create_app
-from services.api.connections import Connections
+from services.api.runtime import Runtime
 from shared.settings import Settings, get_settings
 from shared.startup import configure_logging, run_service
 
 
 async def serve(settings: Settings) -> None:
-    connections = await Connections.open(settings)
+    runtime = await Runtime.open(settings)
     config = uvicorn.Config(
-        create_app(connections),
+        create_app(runtime),
         host=settings.api_host,
         port=settings.api_port,
         http="httptools",

@@ -8,7 +8,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.api.posting import new_reply, stop_replies
-from services.api.routes import VALIDATION_ERROR, Backends, ConversationIdPath, Owner
+from services.api.routes import VALIDATION_ERROR, ConversationIdPath, Owner, RuntimeDep
 from shared.events import conversation_deleted_event
 from shared.schemas import (
     FINISHED,
@@ -41,7 +41,7 @@ router = APIRouter()
     responses=invalid("`limit` out of range, or `before` not a cursor this API gave"),
 )
 async def list_conversations(
-    backends: Backends,
+    runtime: RuntimeDep,
     owner: Owner,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     before: Annotated[str | None, Query(max_length=200, description="a page's `next`")] = None,
@@ -58,7 +58,7 @@ async def list_conversations(
         except ValueError as error:
             detail = {"type": "value_error", "loc": ("query", "before"), "msg": str(error)}
             raise RequestValidationError([detail]) from error
-    conversations, following = await backends.conversations.list_conversations(
+    conversations, following = await runtime.conversations.list_conversations(
         owner, limit, position
     )
     return ConversationPage(
@@ -68,9 +68,9 @@ async def list_conversations(
 
 @router.get("/conversations/{conversation_id}", responses=NOT_FOUND)
 async def get_conversation(
-    conversation_id: ConversationIdPath, backends: Backends, owner: Owner
+    conversation_id: ConversationIdPath, runtime: RuntimeDep, owner: Owner
 ) -> Conversation:
-    conversation = await backends.conversations.get_conversation(owner, conversation_id)
+    conversation = await runtime.conversations.get_conversation(owner, conversation_id)
     if conversation is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     return conversation
@@ -86,10 +86,10 @@ async def get_conversation(
 async def rename_conversation(
     conversation_id: ConversationIdPath,
     body: ConversationRename,
-    backends: Backends,
+    runtime: RuntimeDep,
     owner: Owner,
 ) -> Conversation:
-    conversation = await backends.conversations.rename(owner, conversation_id, body.title)
+    conversation = await runtime.conversations.rename(owner, conversation_id, body.title)
     if conversation is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     return conversation
@@ -102,7 +102,7 @@ async def rename_conversation(
     responses=NOT_FOUND,
 )
 async def delete_conversation(
-    conversation_id: ConversationIdPath, backends: Backends, owner: Owner
+    conversation_id: ConversationIdPath, runtime: RuntimeDep, owner: Owner
 ) -> None:
     """Stop its replies in flight, remove every document of it, then close its streams.
 
@@ -110,12 +110,12 @@ async def delete_conversation(
     no document, and its job (or a redelivery of it) finds no reply and is acknowledged.
     """
     await stop_replies(
-        backends, await backends.conversations.unfinished_replies(owner, conversation_id)
+        runtime, await runtime.conversations.unfinished_replies(owner, conversation_id)
     )
-    if not await backends.conversations.delete(owner, conversation_id):
+    if not await runtime.conversations.delete(owner, conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     try:
-        await backends.announce(conversation_deleted_event(conversation_id))
+        await runtime.announce(conversation_deleted_event(conversation_id))
     except Exception as error:  # it is deleted all the same; its streams end when clients leave
         log.warning("announcing the deletion of %s failed: %s", conversation_id, error)
 
@@ -133,20 +133,20 @@ async def delete_conversation(
     },
 )
 async def regenerate(
-    conversation_id: ConversationIdPath, message_id: str, backends: Backends, owner: Owner
+    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep, owner: Owner
 ) -> ChatAccepted | JSONResponse:
     """A new reply to the same user message, beside the old one, with the same context."""
-    reply = await backends.conversations.get_message(conversation_id, message_id)
+    reply = await runtime.conversations.get_message(conversation_id, message_id)
     question = None
     if reply is not None and reply.sender == "assistant":
-        question = await backends.conversations.question_of(reply)
+        question = await runtime.conversations.question_of(reply)
     if reply is None or question is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
     if reply.status not in FINISHED:
         refusal = Busy(detail=f"reply {message_id} is still being written", messageId=reply.id)
         return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
     turn = Turn(question, new_reply(question), owner, regenerate=True)
-    await backends.turns.open(turn, None)
+    await runtime.turns.commit(turn, None)
     return ChatAccepted(
         conversationId=conversation_id, userMessageId=question.id, messageId=turn.reply.id
     )

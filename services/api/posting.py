@@ -10,7 +10,7 @@ import orjson
 from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
-from services.api.connections import Connections
+from services.api.runtime import Runtime
 from shared.schemas import ChatRequest, Message, Status, StopRequest, utc_timestamp
 from shared.store.documents import new_id
 from shared.store.turns import Turn
@@ -31,7 +31,7 @@ def fingerprint(request: ChatRequest) -> str:
 
 
 async def prepare_turn(
-    backends: Connections, owner: str, request: ChatRequest, request_hash: str
+    runtime: Runtime, owner: str, request: ChatRequest, request_hash: str
 ) -> Turn:
     """The turn `request` asks for, once its parent and the busy policy allow it.
 
@@ -42,7 +42,7 @@ async def prepare_turn(
     turn = new_turn(owner, conversation_id, request.message, request_hash)
     turn.follows_latest = request.follows_latest
     if request.parent_id is not None:
-        parent = await backends.conversations.locate(owner, request.parent_id)
+        parent = await runtime.conversations.locate(owner, request.parent_id)
         if parent is None:
             raise HTTPException(
                 status.HTTP_404_NOT_FOUND, f"parent message {request.parent_id} not found"
@@ -53,20 +53,20 @@ async def prepare_turn(
             raise RequestValidationError([{**error, "msg": message}])
         turn.user.parent_id = parent.id
     if request.conversation_id is not None and request.if_busy != "enqueue":
-        busy = await backends.conversations.unfinished_replies(owner, conversation_id)
+        busy = await runtime.conversations.unfinished_replies(owner, conversation_id)
         if busy and request.if_busy == "reject":
             raise ConversationBusy(busy[0].id)
-        await stop_replies(backends, busy)
+        await stop_replies(runtime, busy)
     return turn
 
 
-async def stop_replies(backends: Connections, replies: list[Message]) -> None:
+async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
     """Stop each reply through the stop path, without waiting: later replies wait for it."""
     for reply in replies:
-        stopped = await backends.conversations.request_stop(reply.conversation_id, reply.id)
+        stopped = await runtime.conversations.request_stop(reply.conversation_id, reply.id)
         if stopped is not None and stopped.status == Status.STREAMING:
             request = StopRequest(conversationId=reply.conversation_id, messageId=reply.id)
-            await backends.publish_stop(request)
+            await runtime.publish_stop(request)
 
 
 def new_turn(owner: str, conversation_id: str, text: str, request_hash: str | None) -> Turn:

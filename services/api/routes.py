@@ -11,37 +11,33 @@ from fastapi.responses import JSONResponse
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
-from services.api.connections import Connections
 from services.api.hub import Subscriber
 from services.api.keys import ConversationKey
 from services.api.owner import current_owner
 from services.api.posting import ConversationBusy, fingerprint, prepare_turn
+from services.api.runtime import Runtime
+from services.api.stopping import stop_reply as stop_everywhere
 from services.api.turns import KeyTaken
-from shared.events import finished_event
 from shared.schemas import (
     CONVERSATION_ID_PATTERN,
-    FINISHED,
     Busy,
     ChatAccepted,
     ChatRequest,
     ConversationMessages,
     ErrorDetail,
     Message,
-    Status,
-    StopRequest,
 )
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 TRY_AGAIN_LATER = 1013
-STOP_WAIT_SECONDS = 5.0
 SLOW_CLIENT_CLOSE_SECONDS = 5.0
 
 
-async def get_connections(connection: HTTPConnection) -> Connections:
-    return connection.app.state.connections
+async def get_runtime(connection: HTTPConnection) -> Runtime:
+    return connection.app.state.runtime
 
 
-Backends = Annotated[Connections, Depends(get_connections)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ConversationIdPath = Annotated[str, Path(pattern=CONVERSATION_ID.pattern)]
 Owner = Annotated[str, Depends(current_owner)]
 
@@ -73,7 +69,7 @@ KEY_REUSED = "this Idempotency-Key was used for a different request; send a new 
 )
 async def post_chat(
     body: ChatRequest,
-    backends: Backends,
+    runtime: RuntimeDep,
     owner: Owner,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> ChatAccepted | JSONResponse:
@@ -88,17 +84,17 @@ async def post_chat(
     request_hash = fingerprint(body)
     turn = None
     if idempotency_key is not None:
-        turn = await backends.turn_store.find_turn(owner, idempotency_key)
+        turn = await runtime.turn_store.find_turn(owner, idempotency_key)
     if turn is None:
         try:
-            turn = await prepare_turn(backends, owner, body, request_hash)
+            turn = await prepare_turn(runtime, owner, body, request_hash)
         except ConversationBusy as busy:
             refusal = Busy(detail=str(busy), messageId=busy.reply_id)
             return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
         try:
-            await backends.turns.open(turn, idempotency_key)
+            await runtime.turns.commit(turn, idempotency_key)
         except KeyTaken:
-            turn = await backends.turn_store.find_turn(owner, idempotency_key or "")
+            turn = await runtime.turn_store.find_turn(owner, idempotency_key or "")
             if turn is None:
                 raise
     if turn.request_hash != request_hash:
@@ -113,11 +109,11 @@ async def post_chat(
 
 @router.get("/conversations/{conversation_id}/messages")
 async def list_messages(
-    conversation_id: ConversationIdPath, backends: Backends
+    conversation_id: ConversationIdPath, runtime: RuntimeDep
 ) -> ConversationMessages:
-    if not await backends.conversations.conversation_exists(conversation_id):
+    if not await runtime.conversations.conversation_exists(conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
-    messages = await backends.conversations.list_messages(conversation_id)
+    messages = await runtime.conversations.list_messages(conversation_id)
     return ConversationMessages(conversationId=conversation_id, messages=messages)
 
 
@@ -125,9 +121,9 @@ async def list_messages(
     "/conversations/{conversation_id}/messages/{message_id}", response_model_exclude_none=True
 )
 async def get_message(
-    conversation_id: ConversationIdPath, message_id: str, backends: Backends
+    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep
 ) -> Message:
-    message = await backends.conversations.get_message(conversation_id, message_id)
+    message = await runtime.conversations.get_message(conversation_id, message_id)
     if message is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"message {message_id} not found")
     return message
@@ -138,32 +134,12 @@ async def get_message(
     response_model_exclude_none=True,
 )
 async def stop_reply(
-    conversation_id: ConversationIdPath, message_id: str, backends: Backends
+    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep
 ) -> Message:
     """Stop a reply wherever it is being written; its text so far is kept."""
-    reply = await backends.conversations.request_stop(conversation_id, message_id)
-    if reply is None or reply.sender != "assistant":
+    reply = await stop_everywhere(runtime, conversation_id, message_id)
+    if reply is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
-    if reply.status == Status.STREAMING:
-        await backends.publish_stop(
-            StopRequest(conversationId=conversation_id, messageId=message_id)
-        )
-        reply = await _finished(backends, reply)
-    elif reply.stopped:
-        await backends.announce(finished_event(reply))
-    return reply
-
-
-async def _finished(backends: Connections, reply: Message) -> Message:
-    """The reply once its responder has stopped it, or as it is if that takes too long."""
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(STOP_WAIT_SECONDS):
-            while reply.status not in FINISHED:
-                await asyncio.sleep(0.05)
-                reply = (
-                    await backends.conversations.get_message(reply.conversation_id, reply.id)
-                    or reply
-                )
     return reply
 
 
@@ -173,23 +149,23 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(backends: Backends) -> JSONResponse:
-    if await backends.ready():
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
+    if await runtime.ready():
         return JSONResponse({"status": "ready"})
     return JSONResponse({"status": "unavailable"}, status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
 @router.websocket("/conversations/{conversation_id}/stream")
-async def stream(websocket: WebSocket, conversation_id: str, backends: Backends) -> None:
+async def stream(websocket: WebSocket, conversation_id: str, runtime: RuntimeDep) -> None:
     """Snapshot first, then every change to the conversation, in order."""
     if not CONVERSATION_ID.match(conversation_id):
         await websocket.close(code=1008, reason="conversationId must be 1-64 of A-Z a-z 0-9 _ -")
         return
     await websocket.accept()
-    async with backends.hub.subscribe(ConversationKey(conversation_id)) as events:
+    async with runtime.hub.subscribe(ConversationKey(conversation_id)) as events:
         await _relay(events, websocket)
     if events.overflowed.is_set():
-        await _drop_slow_client(websocket, backends.hub.capacity)
+        await _drop_slow_client(websocket, runtime.hub.capacity)
     elif events.close_code is not None:
         with contextlib.suppress(Exception):  # the client may have left meanwhile
             await websocket.close(code=events.close_code)

@@ -18,6 +18,7 @@ from datetime import timedelta
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
 from shared import broker
+from shared.batches import Batches
 from shared.events import CREATED, encode_batch, message_event
 from shared.schemas import ChatJob
 from shared.store.turns import Turn, TurnStore
@@ -25,7 +26,6 @@ from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
-PUBLISH_TIMEOUT_SECONDS = 2.0
 OUTBOX_POLL_SECONDS = 2.0
 MARK_INTERVAL_SECONDS = 1.0
 """Marks go out at most this often, one write for all: well within the outbox's grace."""
@@ -51,18 +51,14 @@ class Turns:
         self.store = store
         self.channel = channel
         self.events = events
-        self._pending: list[_Pending] = []
-        self._to_store = asyncio.Event()
-        self._stored: list[Turn] = []
-        self._to_publish = asyncio.Event()
-        self._published: list[str] = []
-        self._to_mark = asyncio.Event()
+        self._to_store: Batches[_Pending] = Batches()
+        self._to_publish: Batches[Turn] = Batches()
+        self._to_mark: Batches[str] = Batches()
 
-    async def open(self, turn: Turn, key: str | None) -> None:
-        """Return once the turn is stored; raises KeyTaken if `key` was used before."""
+    async def commit(self, turn: Turn, key: str | None) -> None:
+        """Store the turn with the next batch; raises KeyTaken if `key` was used before."""
         pending = _Pending(turn, key)
-        self._pending.append(pending)
-        self._to_store.set()
+        self._to_store.add(pending)
         await pending.stored
 
     async def publish(self, turns: list[Turn]) -> None:
@@ -71,7 +67,7 @@ class Turns:
             message_event(CREATED, message) for turn in turns for message in (turn.user, turn.reply)
         ]
         try:
-            async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+            async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
                 await broker.publish_events(self.events, encode_batch(created))
                 await asyncio.gather(
                     *(broker.publish_job(self.channel, job(turn)) for turn in turns)
@@ -79,8 +75,7 @@ class Turns:
         except Exception as error:
             log.warning("%d replies left in the outbox: %s", len(turns), error)
             return
-        self._published.extend(turn.reply.id for turn in turns)
-        self._to_mark.set()
+        self._to_mark.extend(turn.reply.id for turn in turns)
 
     @asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
@@ -89,10 +84,7 @@ class Turns:
             yield
 
     async def _store_batches(self) -> None:
-        while True:
-            await self._to_store.wait()
-            self._to_store.clear()
-            batch, self._pending = self._pending, []
+        async for batch in self._to_store:
             try:
                 taken = await self.store.insert_turns([(item.turn, item.key) for item in batch])
             except Exception as error:
@@ -101,22 +93,16 @@ class Turns:
                 continue
             for index, item in enumerate(batch):
                 _settle(item.stored, KeyTaken(item.key) if index in taken else None)
-            self._stored.extend(item.turn for index, item in enumerate(batch) if index not in taken)
-            self._to_publish.set()
+            self._to_publish.extend(
+                item.turn for index, item in enumerate(batch) if index not in taken
+            )
 
     async def _publish_batches(self) -> None:
-        while True:
-            await self._to_publish.wait()
-            self._to_publish.clear()
-            turns, self._stored = self._stored, []
-            if turns:
-                await self.publish(turns)
+        async for turns in self._to_publish:
+            await self.publish(turns)
 
     async def _mark_published(self) -> None:
-        while True:
-            await self._to_mark.wait()
-            self._to_mark.clear()
-            reply_ids, self._published = self._published, []
+        async for reply_ids in self._to_mark:
             try:
                 await self.store.mark_published(reply_ids)
             except Exception as error:  # the outbox will publish them again, harmlessly

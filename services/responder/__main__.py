@@ -11,8 +11,7 @@ from pydantic import ValidationError
 
 from services.responder.leases import end_abandoned, keep_leases
 from services.responder.model import ChatModel
-from services.responder.progress import ProgressWriter
-from services.responder.publisher import EventPublisher
+from services.responder.output import ReplyOutput
 from services.responder.worker import Worker
 from shared import broker
 from shared.schemas import StopRequest
@@ -36,20 +35,20 @@ async def serve(settings: Settings) -> None:
     lease = timedelta(seconds=settings.reply_lease_seconds)
     async with (
         connection,
-        ProgressWriter(messages, settings.store_flush_seconds).running() as writer,
-        EventPublisher(
+        ReplyOutput(
             await broker.declare_events_exchange(await connection.channel()),
-            on_sealed=writer.mark,
-        ).running() as publisher,
+            messages,
+            settings.store_flush_seconds,
+        ).running() as output,
     ):
-        worker = Worker(settings, messages, model, publisher, writer)
+        worker = Worker(settings, messages, model, output)
         await _listen_for_stops(connection, worker)
         jobs_channel = await connection.channel()
         await jobs_channel.set_qos(prefetch_count=settings.responder_concurrency)
         jobs = await broker.declare_chat_queue(jobs_channel)
         async with background(
             keep_leases(messages, lambda: worker.held_replies, lease),
-            end_abandoned(messages, publisher, lambda: worker.held_replies, lease),
+            end_abandoned(messages, output, lambda: worker.held_replies, lease),
         ):
             consumer = await jobs.consume(worker.handle)
             log.info(

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-from services.responder.publisher import EventPublisher
+from services.responder.output import ReplyOutput
 from shared.events import finished_event
 from shared.store.replies import ReplyStore
 
@@ -30,7 +30,7 @@ async def keep_leases(store: ReplyStore, held: Callable[[], list[str]], lease: t
 
 async def end_abandoned(
     store: ReplyStore,
-    publisher: EventPublisher,
+    output: ReplyOutput,
     held: Callable[[], list[str]],
     lease: timedelta,
 ) -> None:
@@ -45,6 +45,6 @@ async def end_abandoned(
                 failed = await store.give_up(reply, ABANDONED)
                 if failed is not None:
                     log.warning("reply %s was abandoned; ended as failed", reply.id)
-                    publisher.post(finished_event(failed))
+                    output.post(finished_event(failed))
         except Exception as error:
             log.warning("looking for abandoned replies failed: %s", error)

@@ -16,10 +16,9 @@ from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.responder.context import build_context
+from services.responder.draft import Draft
 from services.responder.model import ChatModel, ModelError
-from services.responder.progress import ProgressWriter
-from services.responder.publisher import EventPublisher
-from services.responder.reply import Reply
+from services.responder.output import ReplyOutput
 from shared.events import UPDATED, finished_event, message_event
 from shared.schemas import FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
@@ -41,10 +40,12 @@ def poll_delays() -> Iterator[float]:
         delay = min(delay * 2, LONGEST_POLL_SECONDS)
 
 
-class Outcome(enum.Enum):
-    DONE = "ack"
-    DEAD = "reject"
-    RETRY = "nack"
+class Settlement(enum.Enum):
+    """What becomes of a `chat-message` delivery once its reply is dealt with."""
+
+    ACK = enum.auto()
+    DEAD_LETTER = enum.auto()
+    REQUEUE = enum.auto()
 
 
 @dataclass
@@ -78,15 +79,13 @@ class Worker:
         settings: Settings,
         store: ReplyStore,
         model: ChatModel,
-        publisher: EventPublisher,
-        writer: ProgressWriter,
+        output: ReplyOutput,
     ) -> None:
         self.settings = settings
         self.lease = timedelta(seconds=settings.reply_lease_seconds)
         self.store = store
         self.model = model
-        self.publisher = publisher
-        self.writer = writer
+        self.output = output
         self.jobs: dict[str, Job] = {}
 
     @property
@@ -112,53 +111,53 @@ class Worker:
     async def _run(self, request: ChatJob, job: Job) -> None:
         """Acknowledge only once the reply is finished in MongoDB, so a crash redelivers it."""
         try:
-            outcome = await self.respond(request, job)
+            settlement = await self.respond(request, job)
         except asyncio.CancelledError:
             if not job.handing_back:
                 raise
-            outcome = await self._hand_back(job)
+            settlement = await self._hand_back(job)
         except Exception:
             log.exception("reply %s failed unexpectedly; handing it back", request.message_id)
             await asyncio.sleep(RETRY_PAUSE_SECONDS)
-            outcome = await self._hand_back(job)
+            settlement = await self._hand_back(job)
         finally:
             del self.jobs[request.message_id]
         try:
-            if outcome is Outcome.DONE:
+            if settlement is Settlement.ACK:
                 await job.delivery.ack()
             else:
-                await job.delivery.nack(requeue=outcome is Outcome.RETRY)
+                await job.delivery.nack(requeue=settlement is Settlement.REQUEUE)
         except Exception as error:  # the channel closed: the broker will redeliver, harmlessly
             log.warning("settling chat-message for %s failed: %s", request.message_id, error)
 
-    async def _hand_back(self, job: Job) -> Outcome:
+    async def _hand_back(self, job: Job) -> Settlement:
         """Let another responder take the reply at once instead of after its lease."""
         if job.reply_id is not None:
             with contextlib.suppress(PyMongoError):
                 await self.store.release(job.reply_id)
-        return Outcome.RETRY
+        return Settlement.REQUEUE
 
-    async def respond(self, request: ChatJob, job: Job) -> Outcome:
+    async def respond(self, request: ChatJob, job: Job) -> Settlement:
         reply = await self.store.get_reply(request.message_id)
         if reply is None:
             log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
-            return Outcome.DONE
+            return Settlement.ACK
         history = await self._wait_turn(reply)
         for delay in poll_delays():
             if reply is None or reply.message.status in FINISHED:
-                return Outcome.DONE  # a redelivery of a reply already finished
+                return Settlement.ACK  # a redelivery of a reply already finished
             attempts = reply.message.attempt
             if attempts >= self.settings.reply_max_attempts:
                 if await self._give_up(reply.message, f"gave up after {attempts} attempts"):
-                    return Outcome.DEAD
+                    return Settlement.DEAD_LETTER
             elif claimed := await self.store.claim_reply(reply, self.lease):
                 break
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
             reply = await self.store.get_reply(request.message_id)
         job.reply_id = claimed.message.id
-        self.publisher.post(message_event(UPDATED, claimed.message))
+        self.output.post(message_event(UPDATED, claimed.message))
         await self._stream(claimed, history, job)
-        return Outcome.DONE
+        return Settlement.ACK
 
     async def _wait_turn(self, reply: StoredReply) -> list[Message]:
         """Replies in a conversation are written one at a time, in the order they were asked.
@@ -174,34 +173,33 @@ class Worker:
         raise AssertionError("unreachable: poll_delays never ends")
 
     async def _stream(self, claimed: StoredReply, history: list[Message], job: Job) -> None:
-        reply = Reply(claimed.message)
+        draft = Draft(claimed.message)
         status, error = Status.COMPLETED, None
         job.stopping = job.stopping or claimed.stop_requested
         if not job.stopping:
             context = build_context(
                 history, self.settings.system_prompt, self.settings.context_tokens
             ).messages
-            job.generation = asyncio.create_task(self._generate(reply, context))
+            job.generation = asyncio.create_task(self._generate(draft, context))
             try:
                 await job.generation
             except ModelError as failure:
                 status, error = Status.FAILED, str(failure)
-                log.warning("reply %s failed: %s", reply.id, error)
+                log.warning("reply %s failed: %s", draft.id, error)
             except asyncio.CancelledError:
                 if not job.stopping:
                     raise
-        self.publisher.seal(reply)
-        self.writer.forget(reply)
-        finished = await self._finish(reply, status, error, stopped=job.stopping)
+        self.output.close(draft)
+        finished = await self._finish(draft, status, error, stopped=job.stopping)
         if finished is not None:
-            await self.publisher.send(finished_event(finished))
+            await self.output.send(finished_event(finished))
 
-    async def _generate(self, reply: Reply, context: list[ChatCompletionMessageParam]) -> None:
+    async def _generate(self, draft: Draft, context: list[ChatCompletionMessageParam]) -> None:
         async for text in self.model.stream(context):
-            self.publisher.token(reply, text)
+            self.output.token(draft, text)
 
     async def _finish(
-        self, reply: Reply, status: Status, error: str | None, stopped: bool
+        self, draft: Draft, status: Status, error: str | None, stopped: bool
     ) -> Message | None:
         """The final write must land: MongoDB being away for a while only delays it."""
         retrying = AsyncRetrying(
@@ -213,7 +211,7 @@ class Worker:
         async for attempt in retrying:
             with attempt:
                 return await self.store.finish_reply(
-                    reply.message, reply.progress(), status, error, stopped
+                    draft.message, draft.progress(), status, error, stopped
                 )
         return None
 
@@ -221,7 +219,7 @@ class Worker:
         """Fail the reply if nobody holds it; False if its lease has not run out yet."""
         failed = await self.store.give_up(reply, error)
         if failed is not None:
-            await self.publisher.send(finished_event(failed))
+            await self.output.send(finished_event(failed))
         return failed is not None
 
     def stop(self, message_id: str) -> None:

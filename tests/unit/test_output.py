@@ -1,12 +1,13 @@
-"""Delta coalescing: idle replies go out token by token, busy ones merge while a publish waits."""
+"""The token path: idle replies go out token by token, busy ones merge while a publish waits,
+and what was sealed reaches the progress writes."""
 
 import asyncio
 from typing import Any
 
 import orjson
 
-from services.responder.publisher import EventPublisher
-from services.responder.reply import Reply
+from services.responder.draft import Draft, Progress
+from services.responder.output import ReplyOutput
 from shared.events import UPDATED, message_event
 from shared.schemas import Status
 from tests.factories import message
@@ -30,8 +31,25 @@ class GatedExchange:
             self.published.notify_all()
 
 
-def reply(message_id: str = "r1") -> Reply:
-    return Reply(message("assistant", "", Status.STREAMING, "c1", attempt=1, message_id=message_id))
+class RecordingStore:
+    """Keeps every progress write, as MongoDB would receive it."""
+
+    def __init__(self) -> None:
+        self.saved: list[Progress] = []
+        self.written = asyncio.Condition()
+
+    async def save_progress(self, batch: list[Progress]) -> None:
+        async with self.written:
+            self.saved.extend(batch)
+            self.written.notify_all()
+
+
+def output(exchange: GatedExchange, store: RecordingStore | None = None) -> ReplyOutput:
+    return ReplyOutput(exchange, store or RecordingStore(), store_interval=0)
+
+
+def reply(message_id: str = "r1") -> Draft:
+    return Draft(message("assistant", "", Status.STREAMING, "c1", attempt=1, message_id=message_id))
 
 
 def deltas(batches: list[list[dict]]) -> list[dict]:
@@ -45,8 +63,8 @@ async def settle(exchange: GatedExchange, count: int) -> None:
 
 async def test_an_idle_publisher_sends_each_token_at_once() -> None:
     exchange = GatedExchange()
-    sealed: list[str] = []
-    async with EventPublisher(exchange, on_sealed=lambda r: sealed.append(r.id)).running() as out:
+    store = RecordingStore()
+    async with output(exchange, store).running() as out:
         answer = reply()
         for count, token in enumerate(["Hello", " there"], start=1):
             out.token(answer, token)
@@ -55,12 +73,14 @@ async def test_an_idle_publisher_sends_each_token_at_once() -> None:
         (1, "Hello"),
         (2, " there"),
     ]
-    assert sealed == ["r1", "r1"]
+    async with asyncio.timeout(5), store.written:
+        await store.written.wait_for(lambda: store.saved and store.saved[-1].seq == 2)
+    assert (store.saved[-1].message_id, store.saved[-1].text) == ("r1", "Hello there")
 
 
 async def test_tokens_arriving_during_a_publish_merge_into_one_delta() -> None:
     exchange = GatedExchange()
-    async with EventPublisher(exchange, on_sealed=lambda r: None).running() as out:
+    async with output(exchange).running() as out:
         first, second = reply("r1"), reply("r2")
         exchange.gate.clear()
         out.token(first, "a")
@@ -80,13 +100,13 @@ async def test_tokens_arriving_during_a_publish_merge_into_one_delta() -> None:
 
 async def test_a_message_event_follows_the_deltas_sealed_before_it() -> None:
     exchange = GatedExchange()
-    async with EventPublisher(exchange, on_sealed=lambda r: None).running() as out:
+    async with output(exchange).running() as out:
         answer = reply()
         exchange.gate.clear()
         out.token(answer, "partial")
         await exchange.in_flight.wait()
         out.token(answer, " text")
-        out.seal(answer)
+        out.close(answer)
         sending = asyncio.create_task(out.send(message_event(UPDATED, answer.message)))
         exchange.gate.set()
         await asyncio.wait_for(sending, 5)

@@ -1,4 +1,4 @@
-"""A reply being written: tokens gather until the publisher seals them into the next delta."""
+"""A reply being written: tokens gather until the output seals them into the next delta."""
 
 from dataclasses import dataclass
 
@@ -16,14 +16,19 @@ class Progress:
     seq: int
 
 
-class Reply:
-    """`seq` counts sealed deltas, so the stored (text, seq) always agrees with the stream."""
+class Draft:
+    """`seq` counts sealed deltas, so the stored (text, seq) always agrees with the stream.
 
-    __slots__ = ("_open", "_sealed", "message", "seq")
+    `closed` once its final text is sealed: the final write is then its worker's, not the
+    periodic progress writer's.
+    """
+
+    __slots__ = ("_open", "_sealed", "closed", "message", "seq")
 
     def __init__(self, message: Message) -> None:
         self.message = message
         self.seq = 0
+        self.closed = False
         self._sealed: list[str] = []
         self._open: list[str] = []
 
@@ -35,8 +40,10 @@ class Reply:
     def attempt(self) -> int:
         return self.message.attempt
 
-    def append(self, token: str) -> None:
+    def append(self, token: str) -> bool:
+        """Add a token; True if it is the first since the last seal."""
         self._open.append(token)
+        return len(self._open) == 1
 
     def seal(self) -> DeltaEvent | None:
         """Turn the tokens gathered since the last delta into the next one."""

@@ -1,4 +1,7 @@
-"""The API's outside connections, opened before the server accepts its first request."""
+"""What the routes work with: MongoDB, the broker, the relay hub and the turn pipeline.
+
+Opened before the server accepts its first request, closed after its last.
+"""
 
 import asyncio
 import contextlib
@@ -10,7 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, Abstr
 from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.hub import Hub
-from services.api.turns import PUBLISH_TIMEOUT_SECONDS, Turns
+from services.api.turns import Turns
 from shared import broker
 from shared.events import Event, encode_batch
 from shared.schemas import StopRequest
@@ -24,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class Connections:
+class Runtime:
     database: AsyncDatabase
     conversations: ConversationStore
     turn_store: TurnStore
@@ -37,7 +40,7 @@ class Connections:
     turns: Turns
 
     @classmethod
-    async def open(cls, settings: Settings) -> "Connections":
+    async def open(cls, settings: Settings) -> "Runtime":
         timeout = settings.startup_timeout_seconds
         database = await connect(settings.mongodb_url, settings.mongodb_db, timeout)
         conversations = ConversationStore(database)
@@ -70,11 +73,11 @@ class Connections:
 
     async def announce(self, event: Event) -> None:
         """Tell every instance's subscribers about a change made here, not by a responder."""
-        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+        async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
             await broker.publish_events(self.events, encode_batch([event]))
 
     async def publish_stop(self, request: StopRequest) -> None:
-        async with asyncio.timeout(PUBLISH_TIMEOUT_SECONDS):
+        async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
             await broker.publish_stop(self.control, request)
 
     async def ready(self) -> bool:

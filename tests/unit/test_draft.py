@@ -1,12 +1,12 @@
-"""Reply: tokens sealed into deltas whose seq the stored progress agrees with."""
+"""Draft: tokens sealed into deltas whose seq the stored progress agrees with."""
 
-from services.responder.reply import Reply
+from services.responder.draft import Draft
 from shared.schemas import Status
 from tests.factories import message
 
 
-def _reply(attempt: int = 1) -> Reply:
-    return Reply(
+def _reply(attempt: int = 1) -> Draft:
+    return Draft(
         message("assistant", "", Status.STREAMING, "conv", attempt=attempt, message_id="r1")
     )
 

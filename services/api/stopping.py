@@ -1,0 +1,52 @@
+"""Stopping a reply wherever it is being written, and answering with how it ended.
+
+A reply not started yet is ended by the stop request's own write. One streaming is flagged in
+MongoDB (so a responder that takes it over later stops too) and its responder is told over the
+control exchange; the answer then waits for the reply's final event on this instance's relay,
+which the responder sends once the final text is stored. If that event does not come within
+`STOP_WAIT_SECONDS` (the broker is away, say), the reply is answered as MongoDB has it then.
+"""
+
+import asyncio
+import contextlib
+
+import orjson
+
+from services.api.keys import ConversationKey
+from services.api.runtime import Runtime
+from shared.events import COMPLETED, FAILED, finished_event
+from shared.schemas import FINISHED, Message, Status, StopRequest
+
+STOP_WAIT_SECONDS = 5.0
+FINAL_EVENTS = (COMPLETED, FAILED)
+
+
+async def stop_reply(runtime: Runtime, conversation_id: str, message_id: str) -> Message | None:
+    """The reply once stopped (or as it is after the wait); None if there is no such reply."""
+    async with runtime.hub.subscribe(ConversationKey(conversation_id)) as subscription:
+        reply = await runtime.conversations.request_stop(conversation_id, message_id)
+        if reply is None or reply.sender != "assistant":
+            return None
+        if reply.status == Status.STREAMING:
+            await runtime.publish_stop(
+                StopRequest(conversationId=conversation_id, messageId=message_id)
+            )
+            with contextlib.suppress(TimeoutError):  # then MongoDB has the last word
+                async with asyncio.timeout(STOP_WAIT_SECONDS):
+                    async for frame in subscription:  # ends early if the relay drops us
+                        if (final := _final(frame, message_id)) is not None:
+                            return final
+            stored = await runtime.conversations.get_message(conversation_id, message_id)
+            return stored or reply
+    if reply.stopped:
+        await runtime.announce(finished_event(reply))
+    return reply
+
+
+def _final(frame: str, message_id: str) -> Message | None:
+    """The finished reply, if `frame` is its final event."""
+    event = orjson.loads(frame)
+    if event.get("type") not in FINAL_EVENTS or event["message"]["id"] != message_id:
+        return None
+    message = Message.model_validate(event["message"])
+    return message if message.status in FINISHED else None
