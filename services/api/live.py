@@ -43,6 +43,13 @@ def version_of(message: dict[str, Any]) -> Version:
     return (message.get("attempt", 0), int(message["status"] in FINISHED_EVENT), message["seq"])
 
 
+def unfinished(message: dict[str, Any]) -> dict[str, Any]:
+    """A finished reply's text as it stood just before its end: streaming, no error."""
+    text = {**message, "status": Status.STREAMING.value, "stopped": False}
+    text.pop("error", None)
+    return text
+
+
 class Tail:
     """This instance's latest state of one reply, kept current by deltas.
 
@@ -142,14 +149,22 @@ class LiveReplies:
         if tail is None or version_of(message) > tail.version:
             self._adopt(message, kind)
 
-    def _adopt(self, message: dict[str, Any], kind: str) -> None:
-        """Make `message` the reply's state, tell clients, then apply the deltas that follow."""
+    def _adopt(self, message: dict[str, Any], kind: str = UPDATED) -> None:
+        """Make `message` the reply's state, tell clients, then apply the deltas that follow.
+
+        Whichever path brought the state (the fanout, a repair, a resynchronisation), a finished
+        one is announced by its final event, which no client has had yet: the version of a
+        finished state outranks every unfinished one. `kind` names the event of any other state.
+        """
         previous = self.tails.get(message["id"])
         tail = self.tails[message["id"]] = Tail(message)
-        if previous is not None and tail.finished and previous.is_ahead(message):
-            # Clients missed deltas before the final word: bring them up to it first, so
-            # the text they rebuilt equals the final one.
-            self._send(message, tail.version, {"type": UPDATED, "message": message})
+        if tail.finished:
+            if previous is not None and previous.is_ahead(message):
+                # Clients missed deltas before the end: bring their text up to it first,
+                # still unfinished, so the text they rebuilt equals the final one.
+                text = unfinished(message)
+                self._send(message, version_of(text), {"type": UPDATED, "message": text})
+            kind = FINISHED_EVENT[message["status"]]
         self._send(message, tail.version, {"type": kind, "message": message})
         if previous is not None:
             tail.repairing = previous.repairing
@@ -204,7 +219,7 @@ class LiveReplies:
             if stored is not None:
                 state = stored.to_wire()
                 if version_of(state) > tail.version:
-                    self._adopt(state, FINISHED_EVENT.get(state["status"], UPDATED))
+                    self._adopt(state)
                     tail = self.tails[message_id]
             if not tail.gap:
                 tail.repairing = False

@@ -554,7 +554,8 @@ async def audit(
 
     One final reply per user message (no duplicate), none left created/streaming (stuck),
     none missing or ending otherwise than allowed (lost), the final text one attempt's text
-    exactly (not a mix), and every subscriber's rebuilt text equal to the stored one.
+    exactly (not a mix), every subscriber's rebuilt text equal to the stored one, and its end
+    announced to every subscriber once, by its final event (`end_announcement_problem`).
     """
     problems: list[str] = []
     stored = (await api.conversation(conversation_id)).messages
@@ -606,7 +607,35 @@ async def audit(
             elif seen is None or seen.status != reply.status or seen.message != reply.message:
                 tally.subscriber_mismatches += 1
                 problems.append(f"subscriber rebuilt {seen!r} but GET has {reply!r} for {reply.id}")
+            elif ending := end_announcement_problem(subscriber, reply):
+                tally.subscriber_mismatches += 1
+                problems.append(ending)
     return problems
+
+
+def end_announcement_problem(subscriber: LiveSubscriber, reply: Message) -> str | None:
+    """What is wrong with how the subscriber learnt that `reply` finished, if anything.
+
+    A client ends its "typing" indicator on `message.completed` / `message.failed`: a reply
+    that finished after the snapshot is announced by exactly one of them, and nothing about the
+    reply comes after it. A reply already finished in the snapshot gets no event at all.
+    """
+    if reply.status in UNFINISHED:
+        return None
+    events = subscriber.events_of(reply.id)
+    kinds = [event["type"] for event in events]
+    finals = [kind for kind in kinds if kind in ("message.completed", "message.failed")]
+    in_snapshot = next((m for m in subscriber.snapshot or [] if m.id == reply.id), None)
+    if in_snapshot is not None and in_snapshot.status in FINISHED:
+        if events:
+            return f"{reply.id} was finished in the snapshot, then came {kinds}"
+        return None
+    if len(finals) != 1 or kinds[-1] != finals[0]:
+        return (
+            f"{reply.id} ended {reply.status} but its subscriber of {subscriber.conversation_id} "
+            f"got {len(finals)} final events, and its last events were {kinds[-4:]}"
+        )
+    return None
 
 
 def whole_reply(

@@ -241,6 +241,80 @@ async def test_completion_replaces_the_copy_and_later_deltas_are_dropped(hub: Hu
     assert rebuilder.messages["r1"] == done
 
 
+def end_events(rebuilder: Rebuilder) -> list[tuple[str, str]]:
+    """(type, status) of each event about r1 from its last `message.updated` on."""
+    events = [
+        (e["type"], e.get("message", {}).get("status", "")) for e in rebuilder.events_of("r1")
+    ]
+    updates = [index for index, (kind, _) in enumerate(events) if kind == "message.updated"]
+    return events[updates[-1] :] if updates else events
+
+
+async def test_an_end_heard_after_lost_deltas_catches_up_then_is_announced_once(
+    hub: Hub,
+) -> None:
+    """Issue 9.1: the catch-up is an update still streaming; the end is `message.completed`."""
+    async with hub.subscribe(KEY) as subscriber:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(await snapshot_of(subscriber))
+        hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
+        stream_to(hub, 2)
+        done = reply(seq=5, text=text_upto(5), status=Status.COMPLETED)
+        hub.receive(event("message.completed", done))  # deltas 3-5 were lost
+        hub.receive(event("message.completed", done))  # and announced again (stop route)
+        for frame in await take(subscriber, 6):
+            rebuilder.apply(frame)
+        assert await nothing_more(subscriber)
+    assert end_events(rebuilder) == [
+        ("message.updated", "streaming"),
+        ("message.completed", "completed"),
+    ]
+    assert rebuilder.messages["r1"] == done
+
+
+async def test_a_repair_that_finds_the_reply_finished_announces_its_end(
+    hub: Hub, store: FakeStore
+) -> None:
+    """The path of a resynchronisation after a broker outage: MongoDB has the end first."""
+    store.put(reply(seq=2, text=text_upto(2)))
+    stream_to(hub, 2)
+    async with hub.subscribe(KEY) as subscriber:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(await snapshot_of(subscriber))
+        done = reply(seq=6, text=text_upto(6), status=Status.COMPLETED)
+        store.put(done)
+        hub.receive(delta(4))  # delta 3 was lost: the repair reads MongoDB
+        for frame in await take(subscriber, 2):
+            rebuilder.apply(frame)
+        hub.receive(delta(5))
+        hub.receive(event("message.completed", done))  # the live end, arriving late
+        assert await nothing_more(subscriber)
+    assert end_events(rebuilder) == [
+        ("message.updated", "streaming"),
+        ("message.completed", "completed"),
+    ]
+    assert rebuilder.messages["r1"] == done
+
+
+async def test_a_finished_state_is_announced_as_the_end_whatever_the_event_said(
+    hub: Hub,
+) -> None:
+    async with hub.subscribe(KEY) as subscriber:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(await snapshot_of(subscriber))
+        hub.receive(event("message.created", reply(status=Status.CREATED, attempt=0)))
+        stream_to(hub, 1)
+        failed = reply(seq=1, text=text_upto(1), status=Status.FAILED).model_copy(
+            update={"error": "model unavailable"}
+        )
+        hub.receive(event("message.updated", failed))
+        frames = await take(subscriber, 4)
+        for frame in frames:
+            rebuilder.apply(frame)
+    assert frames[-1]["type"] == "message.failed"
+    assert rebuilder.messages["r1"] == failed
+
+
 async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
     async with hub.subscribe(KEY) as mine, hub.subscribe(ConversationKey("c2")) as other:
         await snapshot_of(mine)
