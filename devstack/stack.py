@@ -113,7 +113,7 @@ class Stack:
     ) -> tuple[Process, str]:
         port = port or free_port()
         name = name or f"api-{port}"
-        env = child_env(**self.env, API_HOST="127.0.0.1", API_PORT=str(port), **overrides)
+        env = child_env(**{**self.env, "API_HOST": "127.0.0.1", "API_PORT": str(port), **overrides})
         process = Process(name, python_module("services.api"), env, self.log_dir).start()
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
@@ -122,7 +122,8 @@ class Stack:
 
     def start_responder(self, name: str | None = None, **overrides: str) -> Process:
         name = name or f"responder-{len(self.processes)}"
-        env = child_env(**self.env, **overrides)
+        # Responders on one machine each need their own metrics port.
+        env = child_env(**{"METRICS_PORT": str(free_port()), **self.env, **overrides})
         process = Process(name, python_module("services.responder"), env, self.log_dir).start()
         self.processes.append(process)
         self.responders.append(process)

@@ -11,6 +11,7 @@ import aio_pika
 from aio_pika.abc import (
     AbstractChannel,
     AbstractExchange,
+    AbstractIncomingMessage,
     AbstractQueue,
     AbstractRobustConnection,
     DeliveryMode,
@@ -33,6 +34,7 @@ QUORUM = {"x-queue-type": "quorum"}
 # A job delivered this often (crashes, hand-backs) is a poison message: it is dead-lettered.
 # RabbitMQ 4's own default, made explicit so every version behaves alike.
 CHAT_DELIVERY_LIMIT = 20
+SENT_AT_HEADER = "x-sent-at-us"  # microseconds since the epoch, when an event batch left
 QUORUM_MIGRATION = "docs/operations.md#upgrading-chat-message-to-a-quorum-queue"
 
 CONFIRM_TIMEOUT_SECONDS = 2.0
@@ -161,4 +163,16 @@ async def publish_job(channel: AbstractChannel, job: ChatJob) -> None:
 
 
 async def publish_events(exchange: AbstractExchange, body: bytes) -> None:
-    await exchange.publish(aio_pika.Message(body, content_type="application/json"), routing_key="")
+    """One batch of events, stamped with when it left, so the relay can measure its lag."""
+    message = aio_pika.Message(
+        body, content_type="application/json", headers={SENT_AT_HEADER: time.time_ns() // 1000}
+    )
+    await exchange.publish(message, routing_key="")
+
+
+def publish_lag(delivery: AbstractIncomingMessage) -> float | None:
+    """Seconds from an event batch's publish to now (None if it carries no stamp)."""
+    sent = delivery.headers.get(SENT_AT_HEADER)
+    if not isinstance(sent, int):
+        return None
+    return max(time.time_ns() // 1000 - sent, 0) / 1_000_000

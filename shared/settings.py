@@ -1,7 +1,7 @@
 """Configuration from environment variables (and `.env`), defined once for both services."""
 
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     subscriber_buffer: int = Field(4096, ge=16)
     ws_ping_seconds: float = Field(20.0, gt=0)
     startup_timeout_seconds: float = Field(10.0, gt=0)
+
+    metrics_port: int = Field(9464, ge=0, le=65535)
+    log_format: Literal["json", "text"] | None = None
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     auth_jwt_secret: SecretStr | None = None
     auth_jwks_url: str | None = None

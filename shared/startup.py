@@ -1,6 +1,5 @@
 """Start-up failures as one line naming the variable to fix, instead of a traceback."""
 
-import logging
 import sys
 from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
@@ -37,12 +36,3 @@ def run_service(name: str, main: Callable[[], None]) -> None:
         raise SystemExit(2) from None
     except KeyboardInterrupt:
         pass
-
-
-def configure_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    for chatty in ("httpx", "httpx2", "aio_pika"):
-        logging.getLogger(chatty).setLevel(logging.WARNING)
-    logging.getLogger("aiormq").setLevel(logging.CRITICAL)  # aio_pika reports what matters

@@ -5,8 +5,9 @@ import uvloop
 
 from services.api.app import create_app
 from services.api.runtime import Runtime
+from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
-from shared.startup import configure_logging, run_service
+from shared.startup import run_service
 
 
 async def serve(settings: Settings) -> None:
@@ -19,15 +20,17 @@ async def serve(settings: Settings) -> None:
         ws="websockets-sansio",
         ws_ping_interval=settings.ws_ping_seconds,
         ws_ping_timeout=settings.ws_ping_seconds,
-        access_log=False,
-        log_level="info",
+        access_log=False,  # services.api.telemetry logs each request, with its request id
+        log_config=None,  # uvicorn's lines go through shared.logs like every other
+        log_level=settings.log_level.lower(),
     )
     await uvicorn.Server(config).serve()
 
 
 def main() -> None:
-    configure_logging()
-    uvloop.run(serve(get_settings()))
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

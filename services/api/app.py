@@ -3,14 +3,15 @@
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request, status
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse, PlainTextResponse
 from pymongo.errors import PyMongoError
 
 from services.api import conversations
 from services.api.page import add_page
 from services.api.routes import router
 from services.api.runtime import Runtime
+from services.api.telemetry import Telemetry, bind_path_context, metrics
 
 
 def create_app(runtime: Runtime) -> FastAPI:
@@ -24,11 +25,21 @@ def create_app(runtime: Runtime) -> FastAPI:
         lifespan=lifespan,
         docs_url=None,  # served by add_page from vendored files
         redoc_url=None,  # ReDoc would come from a CDN
+        dependencies=[Depends(bind_path_context)],
     )
+    app.add_middleware(Telemetry)
     app.state.runtime = runtime
     app.add_exception_handler(PyMongoError, database_unavailable)
     app.include_router(router)
     app.include_router(conversations.router)
+    app.add_api_route(
+        "/metrics",
+        metrics,
+        methods=["GET"],
+        response_class=PlainTextResponse,
+        summary="Prometheus metrics",
+        responses={200: {"description": "This instance's metrics, in Prometheus' text format"}},
+    )
     add_page(app)
     return app
 

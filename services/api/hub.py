@@ -23,6 +23,8 @@ from aio_pika.abc import AbstractQueue
 
 from services.api.keys import ConversationKey, key_of
 from services.api.live import LiveReplies, Version, version_of
+from services.api.metrics import RELAY_BATCHES, RELAY_LAG
+from shared.broker import publish_lag
 from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch
 from shared.store.conversations import ConversationStore
 
@@ -162,6 +164,10 @@ class Hub:
     async def _listen(self, queue: AbstractQueue) -> None:
         async with queue.iterator(no_ack=True) as deliveries:
             async for delivery in deliveries:
+                RELAY_BATCHES.inc()
+                lag = publish_lag(delivery)
+                if lag is not None:
+                    RELAY_LAG.observe(lag)
                 try:
                     events = decode_batch(delivery.body)
                 except ValueError as error:

@@ -13,11 +13,13 @@ from starlette.websockets import WebSocket
 
 from services.api.hub import Subscriber
 from services.api.keys import ConversationKey
+from services.api.metrics import SUBSCRIBERS_DROPPED
 from services.api.owner import current_owner
 from services.api.posting import ConversationBusy, fingerprint, prepare_turn
 from services.api.runtime import Runtime
 from services.api.stopping import stop_reply as stop_everywhere
 from services.api.turns import KeyTaken
+from shared.logs import about_message
 from shared.schemas import (
     CONVERSATION_ID_PATTERN,
     Busy,
@@ -100,6 +102,7 @@ async def post_chat(
     if turn.request_hash != request_hash:
         error = {"type": "idempotency_key_reused", "loc": ("header", "idempotency-key")}
         raise RequestValidationError([{**error, "msg": KEY_REUSED}])
+    about_message(turn.reply.conversation_id, turn.reply.id)
     return ChatAccepted(
         conversationId=turn.reply.conversation_id,
         userMessageId=turn.user.id,
@@ -165,6 +168,7 @@ async def stream(websocket: WebSocket, conversation_id: str, runtime: RuntimeDep
     async with runtime.hub.subscribe(ConversationKey(conversation_id)) as events:
         await _relay(events, websocket)
     if events.overflowed.is_set():
+        SUBSCRIBERS_DROPPED.inc()
         await _drop_slow_client(websocket, runtime.hub.capacity)
     elif events.close_code is not None:
         with contextlib.suppress(Exception):  # the client may have left meanwhile

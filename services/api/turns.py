@@ -17,6 +17,7 @@ from datetime import timedelta
 
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
+from services.api.metrics import OUTBOX_REPLIES
 from shared import broker
 from shared.batches import Batches
 from shared.events import CREATED, encode_batch, message_event
@@ -115,6 +116,7 @@ class Turns:
             await asyncio.sleep(OUTBOX_POLL_SECONDS)
             try:
                 turns = await self.store.unpublished(OUTBOX_GRACE)
+                OUTBOX_REPLIES.set(len(turns))
                 if turns:
                     log.info("publishing %d replies from the outbox", len(turns))
                     await self.publish(turns)

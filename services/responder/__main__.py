@@ -6,17 +6,19 @@ import signal
 from datetime import timedelta
 
 import uvloop
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pydantic import ValidationError
 
 from services.responder.leases import end_abandoned, keep_leases
+from services.responder.metrics import metrics_served
 from services.responder.model import ChatModel
 from services.responder.output import ReplyOutput
 from services.responder.worker import Worker
 from shared import broker
+from shared.logs import configure_logging
 from shared.schemas import StopRequest
 from shared.settings import Settings, get_settings
-from shared.startup import configure_logging, run_service
+from shared.startup import run_service
 from shared.store.database import connect
 from shared.store.replies import ReplyStore
 from shared.tasks import background
@@ -46,23 +48,38 @@ async def serve(settings: Settings) -> None:
         jobs_channel = await connection.channel()
         await jobs_channel.set_qos(prefetch_count=settings.responder_concurrency)
         jobs = await broker.declare_chat_queue(jobs_channel)
-        async with background(
-            keep_leases(messages, lambda: worker.held_replies, lease),
-            end_abandoned(messages, output, lambda: worker.held_replies, lease),
+        with metrics_served(
+            settings.metrics_port, settings.responder_concurrency, lambda: len(worker.jobs)
         ):
-            consumer = await jobs.consume(worker.handle)
-            log.info(
-                "consuming %s, up to %d replies at once",
-                broker.CHAT_QUEUE,
-                settings.responder_concurrency,
-            )
-            await _terminated()
-            log.info("stopping: no new replies; finishing the ones in progress")
-            await jobs.cancel(consumer)
-            await worker.drain(settings.shutdown_grace_seconds)
+            await _consume(settings, worker, jobs, messages, output, lease)
     await model.close()
     await database.client.close()
     log.info("stopped")
+
+
+async def _consume(
+    settings: Settings,
+    worker: Worker,
+    jobs: AbstractQueue,
+    messages: ReplyStore,
+    output: ReplyOutput,
+    lease: timedelta,
+) -> None:
+    """Take jobs until SIGTERM or SIGINT, then finish or hand back the replies in hand."""
+    async with background(
+        keep_leases(messages, lambda: worker.held_replies, lease),
+        end_abandoned(messages, output, lambda: worker.held_replies, lease),
+    ):
+        consumer = await jobs.consume(worker.handle)
+        log.info(
+            "consuming %s, up to %d replies at once",
+            broker.CHAT_QUEUE,
+            settings.responder_concurrency,
+        )
+        await _terminated()
+        log.info("stopping: no new replies; finishing the ones in progress")
+        await jobs.cancel(consumer)
+        await worker.drain(settings.shutdown_grace_seconds)
 
 
 async def _listen_for_stops(connection: AbstractRobustConnection, worker: Worker) -> None:
@@ -89,8 +106,9 @@ async def _terminated() -> None:
 
 
 def main() -> None:
-    configure_logging()
-    uvloop.run(serve(get_settings()))
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    uvloop.run(serve(settings))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from services.responder.metrics import TOKENS
 from shared.events import DeltaEvent, delta_event
 from shared.schemas import Message
 
@@ -49,6 +50,7 @@ class Draft:
         """Turn the tokens gathered since the last delta into the next one."""
         if not self._open:
             return None
+        TOKENS.inc(len(self._open))
         text = "".join(self._open)
         self._open.clear()
         self._sealed.append(text)

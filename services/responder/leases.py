@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+from services.responder.metrics import count_finished
 from services.responder.output import ReplyOutput
 from shared.events import finished_event
 from shared.store.replies import ReplyStore
@@ -44,6 +45,7 @@ async def end_abandoned(
                     continue  # MongoDB was away; the lease keeper renews it on its next round
                 failed = await store.give_up(reply, ABANDONED)
                 if failed is not None:
+                    count_finished(failed)
                     log.warning("reply %s was abandoned; ended as failed", reply.id)
                     output.post(finished_event(failed))
         except Exception as error:

@@ -17,7 +17,14 @@ DONE = "[DONE]"
 
 
 class ModelError(Exception):
-    """The upstream failed: the reply ends `failed` with this text as its error."""
+    """The upstream failed: the reply ends `failed` with this text as its error.
+
+    `kind` (status, timeout, connection, stream, reported) labels chat_model_errors_total.
+    """
+
+    def __init__(self, message: str, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class ChatModel:
@@ -66,8 +73,8 @@ class ChatModel:
                     for text in chunk_texts(orjson.loads(data)):
                         yield text
         except (openai.OpenAIError, httpx2.HTTPError, orjson.JSONDecodeError) as error:
-            raise ModelError(describe(error)) from error
-        raise ModelError("model API ended the stream without finishing the reply")
+            raise ModelError(describe(error), kind_of(error)) from error
+        raise ModelError("model API ended the stream without finishing the reply", "stream")
 
     async def close(self) -> None:
         await self.client.close()
@@ -76,12 +83,23 @@ class ChatModel:
 def chunk_texts(chunk: dict[str, Any]) -> list[str]:
     """The text pieces of one streamed chat-completion chunk."""
     if "error" in chunk:
-        raise ModelError(f"model API reported: {chunk['error'].get('message', chunk['error'])}")
+        message = chunk["error"].get("message", chunk["error"])
+        raise ModelError(f"model API reported: {message}", "reported")
     return [
         text
         for choice in chunk.get("choices") or ()
         if (text := (choice.get("delta") or {}).get("content"))
     ]
+
+
+def kind_of(error: BaseException) -> str:
+    if isinstance(error, openai.APIStatusError):
+        return "status"
+    if isinstance(error, openai.APITimeoutError | httpx2.TimeoutException):
+        return "timeout"
+    if isinstance(error, openai.APIConnectionError | httpx2.TransportError):
+        return "connection"
+    return "stream"
 
 
 def describe(error: BaseException) -> str:

@@ -4,10 +4,12 @@ import asyncio
 import contextlib
 import enum
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 from openai.types.chat import ChatCompletionMessageParam
@@ -17,14 +19,23 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, w
 
 from services.responder.context import build_context
 from services.responder.draft import Draft
+from services.responder.metrics import (
+    LEASE_TAKEOVERS,
+    MODEL_ERRORS,
+    REDELIVERIES,
+    count_finished,
+    first_token,
+)
 from services.responder.model import ChatModel, ModelError
 from services.responder.output import ReplyOutput
 from shared.events import UPDATED, finished_event, message_event
+from shared.logs import about_message
 from shared.schemas import FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
 from shared.store.replies import ReplyStore, StoredReply
 
 log = logging.getLogger(__name__)
+events = structlog.get_logger(__name__)
 
 FIRST_POLL_SECONDS = 0.01
 LONGEST_POLL_SECONDS = 0.5
@@ -99,6 +110,8 @@ class Worker:
             log.error("dead-lettering a malformed chat-message: %s", error)
             await delivery.reject(requeue=False)
             return
+        if delivery.redelivered:
+            REDELIVERIES.inc()
         job = self.jobs.get(request.message_id)
         if job is None:
             job = self.jobs[request.message_id] = Job(delivery)
@@ -110,6 +123,7 @@ class Worker:
 
     async def _run(self, request: ChatJob, job: Job) -> None:
         """Acknowledge only once the reply is finished in MongoDB, so a crash redelivers it."""
+        about_message(request.conversation_id, request.message_id)
         try:
             settlement = await self.respond(request, job)
         except asyncio.CancelledError:
@@ -155,6 +169,8 @@ class Worker:
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
             reply = await self.store.get_reply(request.message_id)
         job.reply_id = claimed.message.id
+        if claimed.message.attempt > 1:
+            LEASE_TAKEOVERS.inc()
         self.output.post(message_event(UPDATED, claimed.message))
         await self._stream(claimed, history, job)
         return Settlement.ACK
@@ -185,6 +201,7 @@ class Worker:
                 await job.generation
             except ModelError as failure:
                 status, error = Status.FAILED, str(failure)
+                MODEL_ERRORS.labels(failure.kind).inc()
                 log.warning("reply %s failed: %s", draft.id, error)
             except asyncio.CancelledError:
                 if not job.stopping:
@@ -192,10 +209,22 @@ class Worker:
         self.output.close(draft)
         finished = await self._finish(draft, status, error, stopped=job.stopping)
         if finished is not None:
+            count_finished(finished)
+            events.info(
+                "reply finished",
+                status=finished.status.value,
+                stopped=finished.stopped,
+                attempt=finished.attempt,
+                deltas=finished.seq,
+            )
             await self.output.send(finished_event(finished))
 
     async def _generate(self, draft: Draft, context: list[ChatCompletionMessageParam]) -> None:
+        asked, first = time.monotonic(), True
         async for text in self.model.stream(context):
+            if first:
+                first_token(draft.message, time.monotonic() - asked)
+                first = False
             self.output.token(draft, text)
 
     async def _finish(
@@ -219,6 +248,7 @@ class Worker:
         """Fail the reply if nobody holds it; False if its lease has not run out yet."""
         failed = await self.store.give_up(reply, error)
         if failed is not None:
+            count_finished(failed)
             await self.output.send(finished_event(failed))
         return failed is not None
 

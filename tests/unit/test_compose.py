@@ -5,6 +5,7 @@ documented configuration matches Settings.
 """
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -18,7 +19,10 @@ from typing import Any
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import services.api.metrics
+import services.responder.metrics
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,14 +39,24 @@ IMAGE_PACKAGES = ("shared", "services", "mock_openai")  # what the Dockerfile co
 # Read by scripts/docker-entrypoint, not by Settings: where the offline mock is.
 ENTRYPOINT_VARIABLES = {"MOCK_MODEL_URL"}
 SETTINGS_VARIABLES = {name.upper() for name in Settings.model_fields}
-SERVICES = {"mongodb", "rabbitmq", "mock-model", "api", "proxy", "responder", "prometheus"}
-MONITORING = {"prometheus"}  # started only with `--profile monitoring`
+SERVICES = {
+    "mongodb",
+    "rabbitmq",
+    "mock-model",
+    "api",
+    "proxy",
+    "responder",
+    "prometheus",
+    "grafana",
+}
+MONITORING = {"prometheus", "grafana"}  # started only with `--profile monitoring`
 REPLICAS = {"api": 2, "responder": 2}
 API_PORT = 8000
 PUBLISHED = {  # every port the stack publishes on the host: one for the whole API
     "proxy": ["8000:8000"],
     "rabbitmq": ["127.0.0.1:15672:15672"],
     "prometheus": ["127.0.0.1:9090:9090"],
+    "grafana": ["127.0.0.1:3000:3000"],
 }
 HEALTHCHECKS = {
     "mongodb": "mongosh",
@@ -50,12 +64,15 @@ HEALTHCHECKS = {
     "mock-model": f"127.0.0.1:{MOCK_PORT}/healthz",
     "api": f"127.0.0.1:{API_PORT}/readyz",
     "proxy": f"127.0.0.1:{API_PORT}/proxy-health",
+    "responder": "127.0.0.1:9464/metrics",
     "prometheus": "127.0.0.1:9090/-/ready",
+    "grafana": "127.0.0.1:3000/api/health",
 }
 DEPENDENCIES = {
     "api": {"mongodb", "rabbitmq"},
     "responder": {"mongodb", "rabbitmq", "mock-model"},
     "proxy": {"api"},
+    "grafana": {"prometheus"},
 }
 DEV_SECRET_DEFAULT = re.compile(r"^\$\{AUTH_JWT_SECRET:-(?P<secret>.+)\}$")
 
@@ -250,11 +267,42 @@ def test_prometheus_scrapes_every_replica(services: dict[str, Any]) -> None:
     assert jobs["api"]["metrics_path"] == "/metrics"
     responder = jobs["responder"]["dns_sd_configs"][0]
     assert (responder["names"], responder["type"]) == (["responder"], "A")
-    rules = config["rule_files"]
-    assert rules == ["/etc/prometheus/alerts.yml"]
-    alerts = yaml.safe_load(mounted(prometheus, rules[0]).read_text())
-    names = [rule["alert"] for group in alerts["groups"] for rule in group["rules"]]
-    assert "ServiceDown" in names
+    port = int(environment(services["responder"])["METRICS_PORT"])
+    assert responder["port"] == port == Settings.model_fields["metrics_port"].default
+    assert str(port) in [str(item) for item in services["responder"]["expose"]]
+    rabbitmq = jobs["rabbitmq"]["static_configs"][0]["targets"]
+    assert rabbitmq == ["rabbitmq:15692"]
+
+
+def exported_names() -> set[str]:
+    """Every sample name the two services export (suffixes included)."""
+    return {
+        sample.name
+        for family in REGISTRY.collect()
+        for sample in family.samples
+        if sample.name.startswith("chat_")
+    } | {
+        f"{family.name}{suffix}"
+        for family in REGISTRY.collect()
+        if family.name.startswith("chat_")
+        for suffix in ("_total", "_bucket", "_count", "_sum", "")
+    }
+
+
+def test_alerts_use_only_metrics_the_services_export(services: dict[str, Any]) -> None:
+    config = yaml.safe_load(
+        mounted(services["prometheus"], "/etc/prometheus/prometheus.yml").read_text()
+    )
+    assert config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    alerts = yaml.safe_load(mounted(services["prometheus"], config["rule_files"][0]).read_text())
+    rules = [rule for group in alerts["groups"] for rule in group["rules"]]
+    assert len({rule["alert"] for rule in rules}) == len(rules)
+    used = {name for rule in rules for name in re.findall(r"\bchat_[a-z_]+", rule["expr"])}
+    assert used, "the alerts watch the services' own metrics"
+    assert used <= exported_names(), sorted(used - exported_names())
+    documented = (ROOT / "docs" / "operations.md").read_text()
+    for rule in rules:
+        assert f"`{rule['alert']}`" in documented, f"{rule['alert']} is not explained"
 
 
 def dockerfile_instructions() -> dict[str, list[str]]:
@@ -395,3 +443,40 @@ def test_docker_compose_config_accepts_the_file() -> None:
     config = yaml.safe_load(result.stdout)
     assert set(config["services"]) == SERVICES - MONITORING
     assert config["services"]["api"]["command"] == COMMANDS["api"]
+
+
+def test_operations_doc_lists_every_metric() -> None:
+    """docs/operations.md's table holds every chat_ metric, as Prometheus names it."""
+    documented = set(
+        re.findall(
+            r"^\| `(chat_[a-z_]+)` \|", (ROOT / "docs" / "operations.md").read_text(), re.MULTILINE
+        )
+    )
+    exported = {
+        f"{family.name}_total" if family.type == "counter" else family.name
+        for family in REGISTRY.collect()
+        if family.name.startswith("chat_")
+    }
+    assert documented == exported
+
+
+def test_grafana_shows_the_dashboard_from_prometheus(services: dict[str, Any]) -> None:
+    grafana = services["grafana"]
+    provisioning = mounted(grafana, "/etc/grafana/provisioning")
+    (source,) = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())[
+        "datasources"
+    ]
+    assert (source["type"], source["url"]) == ("prometheus", "http://prometheus:9090")
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "chat.yml").read_text())[
+        "providers"
+    ]
+    assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
+    dashboards = list(mounted(grafana, provider["options"]["path"]).glob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        dashboard = json.loads(path.read_text())
+        exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+        used = {name for expr in exprs for name in re.findall(r"\bchat_[a-z_]+", expr)}
+        assert used <= exported_names(), sorted(used - exported_names())
+        for panel in dashboard["panels"]:
+            assert panel["datasource"]["uid"] == source["uid"]
