@@ -73,6 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )  # fmt: skip
     load.add_argument("--tokens", "-t", type=int, default=200, help="tokens per reply")
     load.add_argument(
+        "--reasoning-tokens", type=int, default=0,
+        help="reasoning tokens the mock streams before each reply's text (default 0)",
+    )  # fmt: skip
+    load.add_argument(
         "--delay-ms", "-d", type=_delays, default=[20.0],
         help="ms between the mock's tokens; a list like 5,20 runs each (default 20)",
     )  # fmt: skip
@@ -157,7 +161,7 @@ def plan(args: argparse.Namespace) -> list[Load]:
 
 
 def _load(args: argparse.Namespace, conversations: int, delay_ms: float) -> Load:
-    reply_s = args.tokens * delay_ms / 1000
+    reply_s = (args.tokens + args.reasoning_tokens) * delay_ms / 1000
     timeout = args.timeout or 30 + 3 * reply_s + 0.05 * conversations
     return Load(
         conversations=conversations,
@@ -166,6 +170,7 @@ def _load(args: argparse.Namespace, conversations: int, delay_ms: float) -> Load
         ramp_ms=args.ramp_ms if conversations > 1 else 0.0,
         timeout_s=timeout,
         ws_compression=args.ws_compression,
+        reasoning_tokens=args.reasoning_tokens,
     )
 
 

@@ -11,7 +11,8 @@ from bench.probes import AmqpCounts, Usage, Writes
 DELTA = "message.delta"
 
 Emission = dict[str, Any]
-"""A `/_mock/emissions` record: key, attempt, tokens, emitted (epoch seconds per token)."""
+"""A `/_mock/emissions` record: key, attempt, tokens, emitted (epoch seconds per token),
+reasoning and reasoning_emitted (the same for the reasoning streamed before the text)."""
 
 
 @dataclass(slots=True)
@@ -188,8 +189,10 @@ def _attempt_shown(emissions: Sequence[Emission], completed: str | None) -> Emis
 
 
 def _model_started(emission: Emission, delay_ms: float) -> float | None:
-    """When the responder's model request reached the mock: a token's delay before the first."""
-    emitted = emission["emitted"]
+    """When the responder's model request reached the mock: a token's delay before the first,
+    reasoning first when it streamed some.
+    """
+    emitted = emission.get("reasoning_emitted") or emission["emitted"]
     return emitted[0] - delay_ms / 1000 if emitted else None
 
 

@@ -31,9 +31,11 @@ class Load:
     ramp_ms: float = 0.0
     timeout_s: float = 60.0
     ws_compression: bool = False
+    reasoning_tokens: int = 0
 
     def prompt(self, key: str) -> str:
-        return f"{key} [mock tokens={self.tokens} delay_ms={self.delay_ms:g}]"
+        reasoning = f" reasoning={self.reasoning_tokens}" if self.reasoning_tokens else ""
+        return f"{key} [mock tokens={self.tokens} delay_ms={self.delay_ms:g}{reasoning}]"
 
 
 @dataclass(slots=True)

@@ -4,7 +4,7 @@ Deltas are the per-token hot path, so they travel as plain dicts encoded with or
 messages inside the other events are validated with `Message` when they are received.
 """
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 import orjson
 
@@ -36,6 +36,7 @@ class DeltaEvent(TypedDict):
     seq: int
     delta: str
     attempt: int
+    reasoning: NotRequired[str]
 
 
 class MessageEvent(TypedDict):
@@ -52,9 +53,10 @@ Event = DeltaEvent | MessageEvent | ConversationDeletedEvent
 
 
 def delta_event(
-    conversation_id: str, message_id: str, attempt: int, seq: int, text: str
+    conversation_id: str, message_id: str, attempt: int, seq: int, text: str, reasoning: str = ""
 ) -> DeltaEvent:
-    return {
+    """The next delta of a reply; `reasoning` only when this delta carries some."""
+    event: DeltaEvent = {
         "type": DELTA,
         "conversationId": conversation_id,
         "messageId": message_id,
@@ -62,6 +64,9 @@ def delta_event(
         "delta": text,
         "attempt": attempt,
     }
+    if reasoning:
+        event["reasoning"] = reasoning
+    return event
 
 
 def message_event(kind: MessageEventType, message: Message) -> MessageEvent:

@@ -35,6 +35,27 @@ class WireModel(BaseModel):
     model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
 
 
+def _is_none(value: object) -> bool:
+    return value is None
+
+
+class Usage(WireModel):
+    """Tokens a reply cost: the provider's count, or ours (`estimated`) where it sent none."""
+
+    prompt_tokens: int = Field(alias="promptTokens", ge=0)
+    completion_tokens: int = Field(alias="completionTokens", ge=0)
+    total_tokens: int = Field(alias="totalTokens", ge=0)
+    estimated: bool
+
+
+FINISH_STOPPED = "stopped"
+"""`finishReason` of a reply ended by a stop request."""
+FINISH_ERROR = "error"
+"""`finishReason` of a failed reply."""
+NOTHING_USED = Usage(promptTokens=0, completionTokens=0, totalTokens=0, estimated=True)
+"""The usage of a reply stopped before the model was asked anything."""
+
+
 class Message(WireModel):
     id: str
     conversation_id: str = Field(alias="conversationId")
@@ -50,6 +71,23 @@ class Message(WireModel):
         None,
         alias="parentId",
         description="The message this one follows in the conversation's tree; null for a first.",
+    )
+    reasoning: str | None = Field(
+        None,
+        exclude_if=_is_none,
+        description="Replies: the model's reasoning, when it streams one.",
+    )
+    usage: Usage | None = Field(
+        None, exclude_if=_is_none, description="Finished replies: the tokens they cost."
+    )
+    finish_reason: str | None = Field(
+        None,
+        alias="finishReason",
+        exclude_if=_is_none,
+        description="Finished replies: the model's finish_reason, `stopped` or `error`.",
+    )
+    model: str | None = Field(
+        None, exclude_if=_is_none, description="Replies: the model that wrote it."
     )
 
     @classmethod

@@ -2,8 +2,8 @@
 
 Every frame is checked against the contract's guarantee as it arrives, so any test that
 subscribes also proves it: frames belong to the subscribed conversation, deltas continue from
-the snapshot's `seq` with no gap and no duplicate, and the rebuilt text equals the text of
-`message.completed` (a `message.failed` may replace it with the stored text so far).
+the snapshot's `seq` with no gap and no duplicate, and the rebuilt text and reasoning equal those
+of `message.completed` (a `message.failed` may replace them with the stored ones so far).
 """
 
 import asyncio
@@ -68,8 +68,13 @@ class Rebuilder:
             f"delta seq {frame['seq']} does not follow seq {current.seq} of "
             f"{current.id} (gap or duplicate): {frame}"
         )
+        reasoning = (current.reasoning or "") + frame.get("reasoning", "")
         self.messages[current.id] = current.model_copy(
-            update={"message": current.message + frame["delta"], "seq": frame["seq"]}
+            update={
+                "message": current.message + frame["delta"],
+                "reasoning": reasoning or None,
+                "seq": frame["seq"],
+            }
         )
 
     def _apply_message(self, kind: str, message: Message, frame: dict[str, Any]) -> None:
@@ -90,6 +95,10 @@ class Rebuilder:
             assert current.message == message.message, (
                 f"rebuilt text {current.message!r} differs from the final text "
                 f"{message.message!r} of {message.id}"
+            )
+            assert current.reasoning == message.reasoning, (
+                f"rebuilt reasoning {current.reasoning!r} differs from the final reasoning "
+                f"{message.reasoning!r} of {message.id}"
             )
             assert (current.attempt, current.seq) == (message.attempt, message.seq), frame
         self.messages[message.id] = message

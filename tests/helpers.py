@@ -48,7 +48,7 @@ def new_conversation_id() -> str:
     return f"t-{uuid.uuid4().hex}"
 
 
-def prompt(label: str, **directives: int | float) -> str:
+def prompt(label: str, **directives: int | float | str) -> str:
     """A unique user message with `[mock ...]` directives (unique, so the mock's attempt is 0)."""
     options = " ".join(f"{name}={value}" for name, value in directives.items())
     head = f"[mock {options}] " if options else ""

@@ -56,11 +56,12 @@ class Tail:
     `gap` holds deltas that arrived after a missing one; they wait for a repair from MongoDB.
     """
 
-    __slots__ = ("finished_at", "gap", "message", "parts", "repairing")
+    __slots__ = ("finished_at", "gap", "message", "parts", "repairing", "thoughts")
 
     def __init__(self, message: dict[str, Any]) -> None:
         self.message = message
         self.parts: list[str] = [message["message"]]
+        self.thoughts: list[str] = [message.get("reasoning") or ""]
         self.gap: list[dict[str, Any]] = []
         self.repairing = False
         self.finished_at: float | None = None
@@ -73,6 +74,10 @@ class Tail:
         if len(self.parts) > 1:
             self.parts = ["".join(self.parts)]
         self.message["message"] = self.parts[0]
+        if len(self.thoughts) > 1:
+            self.thoughts = ["".join(self.thoughts)]
+        if self.thoughts[0]:
+            self.message["reasoning"] = self.thoughts[0]
         return self.message
 
     @property
@@ -87,6 +92,8 @@ class Tail:
         if delta["seq"] != message["seq"] + 1:
             return False
         self.parts.append(delta["delta"])
+        if reasoning := delta.get("reasoning"):
+            self.thoughts.append(reasoning)
         message["seq"] = delta["seq"]
         return True
 
@@ -139,6 +146,8 @@ class LiveReplies:
                 self._repair_soon(tail)
             return
         event = {field: delta[field] for field in DELTA_FIELDS}
+        if "reasoning" in delta:
+            event["reasoning"] = delta["reasoning"]
         self._send(tail.message, tail.version, event)
 
     def _receive_message(self, kind: str, message: dict[str, Any]) -> None:

@@ -9,6 +9,7 @@ import uvloop
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from pydantic import ValidationError
 
+from services.responder import tokens
 from services.responder.leases import end_abandoned, keep_leases
 from services.responder.metrics import metrics_served
 from services.responder.model import ChatModel
@@ -33,6 +34,7 @@ async def serve(settings: Settings) -> None:
     await messages.ensure_indexes()
     model = ChatModel(settings)
     await model.check(timeout)
+    await asyncio.to_thread(tokens.encoding)  # load the tokenizer now, not on the first reply
     connection = await broker.connect(settings.rabbitmq_url, timeout)
     lease = timedelta(seconds=settings.reply_lease_seconds)
     async with (

@@ -12,6 +12,7 @@ from datetime import timedelta
 
 from services.responder.metrics import count_finished
 from services.responder.output import ReplyOutput
+from services.responder.usage import given_up_ending
 from shared.events import finished_event
 from shared.store.replies import ReplyStore
 
@@ -41,12 +42,12 @@ async def end_abandoned(
         try:
             ours = set(held())
             for reply in await store.abandoned(grace=lease):
-                if reply.id in ours:
+                if reply.message.id in ours:
                     continue  # MongoDB was away; the lease keeper renews it on its next round
-                failed = await store.give_up(reply, ABANDONED)
+                failed = await store.give_up(reply.message, ABANDONED, given_up_ending(reply))
                 if failed is not None:
                     count_finished(failed)
-                    log.warning("reply %s was abandoned; ended as failed", reply.id)
+                    log.warning("reply %s was abandoned; ended as failed", reply.message.id)
                     output.post(finished_event(failed))
         except Exception as error:
             log.warning("looking for abandoned replies failed: %s", error)

@@ -1,12 +1,13 @@
 """The model: the streaming chat-completions call and the parsing of its stream."""
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
 import orjson
-from openai.types.chat import ChatCompletionMessageParam
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionStreamOptionsParam
 
 from shared.settings import Settings
 from shared.startup import DependencyUnavailable
@@ -14,6 +15,12 @@ from shared.startup import DependencyUnavailable
 UNUSED_KEY = "unused"
 DATA = "data:"
 DONE = "[DONE]"
+
+
+USAGE_OPTIONS: ChatCompletionStreamOptionsParam = {"include_usage": True}
+
+Piece = tuple[str, str]
+"""(text, reasoning) appended by one chunk; either may be empty, not both."""
 
 
 class ModelError(Exception):
@@ -25,6 +32,18 @@ class ModelError(Exception):
     def __init__(self, message: str, kind: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+@dataclass(slots=True)
+class StreamEnd:
+    """What a stream said besides its text, filled in as it arrives.
+
+    `[DONE]` missing after a `finish_reason` is a finished reply: some servers never send it.
+    """
+
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    model: str | None = None
 
 
 class ChatModel:
@@ -54,15 +73,20 @@ class ChatModel:
                 "OPENAI_BASE_URL", str(self.client.base_url), error
             ) from error
 
-    async def stream(self, context: list[ChatCompletionMessageParam]) -> AsyncIterator[str]:
-        """Yield the reply's text as it arrives; any upstream failure becomes a ModelError.
+    async def stream(
+        self, context: list[ChatCompletionMessageParam], end: StreamEnd
+    ) -> AsyncIterator[Piece]:
+        """Yield (text, reasoning) pieces as they arrive; any upstream failure is a ModelError.
 
-        The server-sent events are read as raw lines and decoded with orjson: the SDK's typed
-        chunk objects cost about nine times as much CPU per token, on the hottest path there is.
+        What the stream says besides text (finish reason, usage, model) goes into `end` as it
+        arrives, so a reply stopped or failed midway keeps what came. The server-sent events
+        are read as raw lines and decoded with orjson: the SDK's typed chunk objects cost about
+        nine times as much CPU per token, on the hottest path there is. Anything but a `data:`
+        line (SSE comments such as `: OPENROUTER PROCESSING`, blank lines) is skipped.
         """
         try:
             async with self.client.chat.completions.with_streaming_response.create(
-                model=self.model, messages=context, stream=True
+                model=self.model, messages=context, stream=True, stream_options=USAGE_OPTIONS
             ) as response:
                 async for line in response.iter_lines():
                     if not line.startswith(DATA):
@@ -70,26 +94,41 @@ class ChatModel:
                     data = line[len(DATA) :].strip()
                     if data == DONE:
                         return
-                    for text in chunk_texts(orjson.loads(data)):
-                        yield text
+                    piece = read_chunk(orjson.loads(data), end)
+                    if piece is not None:
+                        yield piece
         except (openai.OpenAIError, httpx2.HTTPError, orjson.JSONDecodeError) as error:
             raise ModelError(describe(error), kind_of(error)) from error
-        raise ModelError("model API ended the stream without finishing the reply", "stream")
+        if end.finish_reason is None:
+            raise ModelError("model API ended the stream without finishing the reply", "stream")
 
     async def close(self) -> None:
         await self.client.close()
 
 
-def chunk_texts(chunk: dict[str, Any]) -> list[str]:
-    """The text pieces of one streamed chat-completion chunk."""
-    if "error" in chunk:
-        message = chunk["error"].get("message", chunk["error"])
+def read_chunk(chunk: dict[str, Any], end: StreamEnd) -> Piece | None:
+    """The text and reasoning of one streamed chunk; its finish reason, usage and model into
+    `end`. Chunks with empty `choices` (a usage chunk, a provider's keep-alive) yield nothing.
+    """
+    if error := chunk.get("error"):
+        message = error.get("message", error) if isinstance(error, dict) else error
         raise ModelError(f"model API reported: {message}", "reported")
-    return [
-        text
-        for choice in chunk.get("choices") or ()
-        if (text := (choice.get("delta") or {}).get("content"))
-    ]
+    if end.model is None:
+        end.model = chunk.get("model")
+    if usage := chunk.get("usage"):
+        end.usage = usage
+    choices = chunk.get("choices")
+    if not choices:
+        return None
+    choice = choices[0]
+    if finish_reason := choice.get("finish_reason"):
+        end.finish_reason = finish_reason
+    delta = choice.get("delta")
+    if not delta:
+        return None
+    text = delta.get("content") or ""
+    reasoning = delta.get("reasoning_content") or delta.get("reasoning") or ""
+    return (text, reasoning) if text or reasoning else None
 
 
 def kind_of(error: BaseException) -> str:

@@ -49,8 +49,8 @@ class ReplyOutput:
         self._grown: Batches[Draft] = Batches()
         self._sent: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
-    def token(self, draft: Draft, text: str) -> None:
-        if draft.append(text):
+    def token(self, draft: Draft, text: str, reasoning: str = "") -> None:
+        if draft.append(text, reasoning):
             self._growing[draft.id] = draft
             self._outgoing.add(draft)
 

@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from pymongo.errors import PyMongoError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
-from services.responder.context import build_context
-from services.responder.draft import Draft
+from services.responder.context import Context, build_context
+from services.responder.draft import Draft, Progress
 from services.responder.metrics import (
     LEASE_TAKEOVERS,
     MODEL_ERRORS,
@@ -26,13 +26,14 @@ from services.responder.metrics import (
     count_finished,
     first_token,
 )
-from services.responder.model import ChatModel, ModelError
+from services.responder.model import ChatModel, ModelError, StreamEnd
 from services.responder.output import ReplyOutput
+from services.responder.usage import FINISHED_WITHOUT_REASON, final_usage, given_up_ending
 from shared.events import UPDATED, finished_event, message_event
 from shared.logs import about_message
-from shared.schemas import FINISHED, ChatJob, Message, Status
+from shared.schemas import FINISH_ERROR, FINISH_STOPPED, FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
-from shared.store.replies import ReplyStore, StoredReply
+from shared.store.replies import Ending, ReplyStore, StoredReply
 
 log = logging.getLogger(__name__)
 events = structlog.get_logger(__name__)
@@ -157,14 +158,18 @@ class Worker:
             log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
             return Settlement.ACK
         history = await self._wait_turn(reply)
+        settings = self.settings
+        context = build_context(history, settings.system_prompt, settings.context_tokens)
         for delay in poll_delays():
             if reply is None or reply.message.status in FINISHED:
                 return Settlement.ACK  # a redelivery of a reply already finished
             attempts = reply.message.attempt
-            if attempts >= self.settings.reply_max_attempts:
-                if await self._give_up(reply.message, f"gave up after {attempts} attempts"):
+            if attempts >= settings.reply_max_attempts:
+                if await self._give_up(reply, f"gave up after {attempts} attempts"):
                     return Settlement.DEAD_LETTER
-            elif claimed := await self.store.claim_reply(reply, self.lease):
+            elif claimed := await self.store.claim_reply(
+                reply, self.lease, context.tokens, self.model.model
+            ):
                 break
             await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
             reply = await self.store.get_reply(request.message_id)
@@ -172,7 +177,7 @@ class Worker:
         if claimed.message.attempt > 1:
             LEASE_TAKEOVERS.inc()
         self.output.post(message_event(UPDATED, claimed.message))
-        await self._stream(claimed, history, job)
+        await self._stream(claimed, context, job)
         return Settlement.ACK
 
     async def _wait_turn(self, reply: StoredReply) -> list[Message]:
@@ -188,15 +193,15 @@ class Worker:
             await asyncio.sleep(delay)
         raise AssertionError("unreachable: poll_delays never ends")
 
-    async def _stream(self, claimed: StoredReply, history: list[Message], job: Job) -> None:
+    async def _stream(self, claimed: StoredReply, context: Context, job: Job) -> None:
         draft = Draft(claimed.message)
+        end = StreamEnd()
         status, error = Status.COMPLETED, None
         job.stopping = job.stopping or claimed.stop_requested
+        prompt_tokens = 0
         if not job.stopping:
-            context = build_context(
-                history, self.settings.system_prompt, self.settings.context_tokens
-            ).messages
-            job.generation = asyncio.create_task(self._generate(draft, context))
+            prompt_tokens = context.tokens
+            job.generation = asyncio.create_task(self._generate(draft, context.messages, end))
             try:
                 await job.generation
             except ModelError as failure:
@@ -207,7 +212,16 @@ class Worker:
                 if not job.stopping:
                     raise
         self.output.close(draft)
-        finished = await self._finish(draft, status, error, stopped=job.stopping)
+        progress = draft.progress()
+        if status is Status.FAILED:
+            reason = FINISH_ERROR
+        elif job.stopping:
+            reason = FINISH_STOPPED
+        else:
+            reason = end.finish_reason or FINISHED_WITHOUT_REASON
+        usage = final_usage(end.usage, prompt_tokens, progress.text, progress.reasoning)
+        ending = Ending(reason, usage, end.model or claimed.message.model)
+        finished = await self._finish(draft, progress, status, ending, error, job.stopping)
         if finished is not None:
             count_finished(finished)
             events.info(
@@ -219,16 +233,25 @@ class Worker:
             )
             await self.output.send(finished_event(finished))
 
-    async def _generate(self, draft: Draft, context: list[ChatCompletionMessageParam]) -> None:
+    async def _generate(
+        self, draft: Draft, messages: list[ChatCompletionMessageParam], end: StreamEnd
+    ) -> None:
+        token = self.output.token
         asked, first = time.monotonic(), True
-        async for text in self.model.stream(context):
+        async for text, reasoning in self.model.stream(messages, end):
             if first:
                 first_token(draft.message, time.monotonic() - asked)
                 first = False
-            self.output.token(draft, text)
+            token(draft, text, reasoning)
 
     async def _finish(
-        self, draft: Draft, status: Status, error: str | None, stopped: bool
+        self,
+        draft: Draft,
+        progress: Progress,
+        status: Status,
+        ending: Ending,
+        error: str | None,
+        stopped: bool,
     ) -> Message | None:
         """The final write must land: MongoDB being away for a while only delays it."""
         retrying = AsyncRetrying(
@@ -240,13 +263,13 @@ class Worker:
         async for attempt in retrying:
             with attempt:
                 return await self.store.finish_reply(
-                    draft.message, draft.progress(), status, error, stopped
+                    draft.message, progress, status, ending, error, stopped
                 )
         return None
 
-    async def _give_up(self, reply: Message, error: str) -> bool:
+    async def _give_up(self, reply: StoredReply, error: str) -> bool:
         """Fail the reply if nobody holds it; False if its lease has not run out yet."""
-        failed = await self.store.give_up(reply, error)
+        failed = await self.store.give_up(reply.message, error, given_up_ending(reply))
         if failed is not None:
             count_finished(failed)
             await self.output.send(finished_event(failed))

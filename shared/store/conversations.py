@@ -12,7 +12,14 @@ from typing import Any, NamedTuple
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.schemas import Conversation, Message, Status, iso_timestamp
+from shared.schemas import (
+    FINISH_STOPPED,
+    NOTHING_USED,
+    Conversation,
+    Message,
+    Status,
+    iso_timestamp,
+)
 from shared.store.documents import (
     UNFINISHED_VALUES,
     conversation_key,
@@ -155,7 +162,14 @@ class ConversationStore:
         where = {"_id": message_id, "conversationId": conversation_id, "from": "assistant"}
         document = await self.messages.find_one_and_update(
             {**where, "status": Status.CREATED.value},
-            {"$set": {"status": Status.COMPLETED.value, "stopped": True}},
+            {
+                "$set": {
+                    "status": Status.COMPLETED.value,
+                    "stopped": True,
+                    "finishReason": FINISH_STOPPED,
+                    "usage": NOTHING_USED.model_dump(mode="json"),
+                }
+            },
             return_document=ReturnDocument.AFTER,
         )
         if document is None:

@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from pymongo import ASCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
-from shared.schemas import Message, Status
+from shared.schemas import Message, Status, Usage
 from shared.store.documents import (
     UNFINISHED_VALUES,
     find_message,
@@ -24,7 +24,7 @@ from shared.store.documents import (
 
 
 class TextSoFar(Protocol):
-    """What the responder hands over to be saved: one attempt's text and its delta count."""
+    """What the responder hands over to be saved: one attempt's text, reasoning and delta count."""
 
     @property
     def message_id(self) -> str: ...
@@ -32,6 +32,8 @@ class TextSoFar(Protocol):
     def attempt(self) -> int: ...
     @property
     def text(self) -> str: ...
+    @property
+    def reasoning(self) -> str: ...
     @property
     def seq(self) -> int: ...
 
@@ -45,6 +47,8 @@ class StoredReply:
     stop_requested: bool
     user_message_id: str
     """The user message it answers: its parent, also for replies stored before trees."""
+    prompt_tokens: int = 0
+    """The size of the context the current attempt sent, for a usage estimate by whoever ends it."""
 
     @classmethod
     def from_document(cls, document: dict[str, Any]) -> "StoredReply":
@@ -53,7 +57,40 @@ class StoredReply:
             int(document["order"]),
             bool(document.get("stopRequested")),
             document.get("parentId") or document["userMessageId"],
+            int(document.get("promptTokens", 0)),
         )
+
+
+FINISH_FIELDS = {
+    "status",
+    "message",
+    "reasoning",
+    "seq",
+    "error",
+    "stopped",
+    "usage",
+    "finish_reason",
+    "model",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a reply ended besides its text: stored on every finished reply."""
+
+    finish_reason: str
+    usage: Usage
+    model: str | None
+
+    def fields(self) -> dict[str, Any]:
+        """The document fields, as the wire names them."""
+        fields: dict[str, Any] = {
+            "finishReason": self.finish_reason,
+            "usage": self.usage.model_dump(mode="json"),
+        }
+        if self.model:
+            fields["model"] = self.model
+        return fields
 
 
 class ReplyStore:
@@ -92,8 +129,14 @@ class ReplyStore:
         cursor = self.messages.find(before).sort("order", ASCENDING)
         return with_parents([document async for document in cursor])
 
-    async def claim_reply(self, reply: StoredReply, lease: timedelta) -> StoredReply | None:
-        """Start the next attempt at a reply nobody holds, from an empty text; None if held."""
+    async def claim_reply(
+        self, reply: StoredReply, lease: timedelta, prompt_tokens: int = 0, model: str | None = None
+    ) -> StoredReply | None:
+        """Start the next attempt at a reply nobody holds, from an empty text; None if held.
+
+        `prompt_tokens` (the context's size) is kept for a usage estimate should the attempt
+        end without the provider's count; `model` is the model asked.
+        """
         attempt = reply.message.attempt
         result = await self.messages.update_one(
             {"_id": reply.message.id, "attempt": attempt, **free()},
@@ -104,8 +147,10 @@ class ReplyStore:
                     "seq": 0,
                     "attempt": attempt + 1,
                     "leaseUntil": now() + lease,
+                    "promptTokens": prompt_tokens,
+                    **({"model": model} if model else {}),
                 },
-                "$unset": {"error": ""},
+                "$unset": {"error": "", "reasoning": "", "usage": "", "finishReason": ""},
             },
         )
         if result.modified_count != 1:
@@ -117,9 +162,15 @@ class ReplyStore:
                 "seq": 0,
                 "attempt": attempt + 1,
                 "error": None,
+                "reasoning": None,
+                "usage": None,
+                "finish_reason": None,
+                "model": model or reply.message.model,
             }
         )
-        return StoredReply(started, reply.order, reply.stop_requested, reply.user_message_id)
+        return StoredReply(
+            started, reply.order, reply.stop_requested, reply.user_message_id, prompt_tokens
+        )
 
     async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
         if message_ids:
@@ -145,7 +196,7 @@ class ReplyStore:
                             "attempt": item.attempt,
                             "status": Status.STREAMING.value,
                         },
-                        {"$set": {"message": item.text, "seq": item.seq}},
+                        {"$set": _progress_fields(item)},
                     )
                     for item in batch
                 ],
@@ -157,6 +208,7 @@ class ReplyStore:
         reply: Message,
         progress: TextSoFar,
         status: Status,
+        ending: Ending,
         error: str | None = None,
         stopped: bool = False,
     ) -> Message | None:
@@ -165,14 +217,16 @@ class ReplyStore:
             update={
                 "status": status,
                 "message": progress.text,
+                "reasoning": progress.reasoning or None,
                 "seq": progress.seq,
                 "error": error,
                 "stopped": stopped,
+                "usage": ending.usage,
+                "finish_reason": ending.finish_reason,
+                "model": ending.model or reply.model,
             }
         )
-        fields = finished.model_dump(
-            include={"status", "message", "seq", "error", "stopped"}, mode="json"
-        )
+        fields = finished.model_dump(include=FINISH_FIELDS, mode="json", exclude_none=True)
         result = await self.messages.update_one(
             {
                 "_id": progress.message_id,
@@ -183,26 +237,26 @@ class ReplyStore:
         )
         return finished if result.modified_count == 1 else None
 
-    async def give_up(self, reply: Message, error: str) -> Message | None:
+    async def give_up(self, reply: Message, error: str, ending: Ending) -> Message | None:
         """Fail a reply nobody holds for good, keeping whatever text it has.
 
         Only the attempt the caller saw, and only while it is still free: a reply that was
         taken over meanwhile is left to its new holder.
         """
+        fields = {"status": Status.FAILED.value, "error": error, **ending.fields()}
         result = await self.messages.update_one(
-            {"_id": reply.id, "attempt": reply.attempt, **free()},
-            {"$set": {"status": Status.FAILED.value, "error": error}},
+            {"_id": reply.id, "attempt": reply.attempt, **free()}, {"$set": fields}
         )
         if result.modified_count != 1:
             return None
         return await find_message(self.messages, {"_id": reply.id})
 
-    async def abandoned(self, grace: timedelta, limit: int = 100) -> list[Message]:
+    async def abandoned(self, grace: timedelta, limit: int = 100) -> list[StoredReply]:
         """Replies still `streaming` long after their lease ran out: nobody took them over."""
         cursor = self.messages.find(
             {"status": Status.STREAMING.value, "leaseUntil": {"$lt": now() - grace}}
         ).limit(limit)
-        return [Message.from_document(document) async for document in cursor]
+        return [StoredReply.from_document(document) async for document in cursor]
 
 
 def follow_parents(reply: StoredReply, earlier: list[dict[str, Any]]) -> list[Message]:
@@ -214,3 +268,10 @@ def follow_parents(reply: StoredReply, earlier: list[dict[str, Any]]) -> list[Me
         path.append(by_id[step])
         step = by_id[step]["parentId"]
     return [Message.from_document(document) for document in reversed(path)]
+
+
+def _progress_fields(item: TextSoFar) -> dict[str, Any]:
+    fields: dict[str, Any] = {"message": item.text, "seq": item.seq}
+    if item.reasoning:
+        fields["reasoning"] = item.reasoning
+    return fields

@@ -348,3 +348,41 @@ async def _until(condition: Callable[[], bool]) -> None:
     async with asyncio.timeout(FRAME_TIMEOUT):
         while not condition():  # noqa: ASYNC110 - the condition is the fake store's read count
             await asyncio.sleep(0.001)
+
+
+def thought(seq: int, attempt: int = 1, text: str = "") -> dict[str, Any]:
+    """A delta carrying reasoning (and maybe text) under the same `seq` as any delta."""
+    return dict(delta_event(CONVERSATION, "r1", attempt, seq, text, f"r{seq} "))
+
+
+async def test_reasoning_is_rebuilt_by_late_joiners_and_restarted_by_a_retry(
+    hub: Hub, store: FakeStore
+) -> None:
+    store.put(reply())
+    hub.receive(event("message.updated", reply()))
+    hub.receive(thought(1))
+    hub.receive(thought(2, text="t2 "))
+    async with hub.subscribe(KEY) as joiner:
+        rebuilder = Rebuilder(CONVERSATION)
+        rebuilder.apply(await snapshot_of(joiner))
+        joined = rebuilder.messages["r1"]
+        assert (joined.seq, joined.reasoning, joined.message) == (2, "r1 r2 ", "t2 ")
+        hub.receive(thought(3))
+        stream_to(hub, 1, attempt=2)  # a retry starts from seq 0, reasoning and all
+        hub.receive(thought(2, attempt=2))
+        done = reply(seq=2, text="t1 ", status=Status.COMPLETED, attempt=2)
+        done = done.model_copy(update={"reasoning": "r2 "})
+        hub.receive(event("message.completed", done))
+        frames = await take(joiner, 5)
+        assert frames[0] == {
+            "type": "message.delta",
+            "conversationId": CONVERSATION,
+            "messageId": "r1",
+            "seq": 3,
+            "delta": "",
+            "reasoning": "r3 ",
+        }
+        for frame in frames:
+            rebuilder.apply(frame)  # checks the rebuilt reasoning equals the final one
+        assert await nothing_more(joiner)
+    assert rebuilder.messages["r1"] == done
