@@ -65,7 +65,7 @@ class Turns:
     async def publish(self, turns: list[Turn]) -> None:
         """Announce the new messages live, then queue the replies; failures stay in the outbox."""
         created = [
-            message_event(CREATED, message) for turn in turns for message in (turn.user, turn.reply)
+            message_event(CREATED, message) for turn in turns for message in turn.new_messages
         ]
         try:
             async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
