@@ -1,0 +1,52 @@
+"""What the page shows of the model's side of a reply: reasoning (collapsed), usage, finish."""
+
+from playwright.async_api import BrowserContext
+
+from tests.browser import ChatPage, words
+from tests.helpers import ApiClient, prompt
+
+
+async def test_reasoning_is_collapsed_and_usage_is_shown(
+    api: ApiClient, context: BrowserContext
+) -> None:
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.send(prompt("think first", tokens=6, reasoning=5, delay_ms=20))
+    reply_id = await chat.last_id("assistant")
+    await chat.finished(reply_id)
+    stored = await api.message(await chat.conversation_id(), reply_id)
+    assert stored.reasoning and stored.usage
+
+    card = chat.message(reply_id)
+    section = card.locator("details.reasoning")
+    assert await section.is_visible()
+    assert await section.get_attribute("open") is None, "the reasoning starts collapsed"
+    assert not await section.locator(".reasoning-text").is_visible()
+    await section.locator("summary").click()
+    assert words(await section.locator(".reasoning-text").inner_text()) == words(stored.reasoning)
+    assert words(await chat.text(reply_id)) == words(stored.message)
+
+    usage = await card.locator(".usage").inner_text()
+    assert f"{stored.usage.prompt_tokens} in" in usage
+    assert f"{stored.usage.completion_tokens} out" in usage
+    assert (usage.startswith("≈")) == stored.usage.estimated
+    assert stored.model and stored.model in usage
+
+
+async def test_a_reply_cut_at_the_length_limit_says_so(
+    api: ApiClient, context: BrowserContext
+) -> None:
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.send(prompt("cut short", tokens=4, finish="length"))
+    reply_id = await chat.last_id("assistant")
+    assert await chat.finished(reply_id) == "completed"
+    assert await chat.status(reply_id) == "ended: length"
+
+
+async def test_a_reply_without_reasoning_has_no_reasoning_section(
+    api: ApiClient, context: BrowserContext
+) -> None:
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.send(prompt("no thinking", tokens=4))
+    reply_id = await chat.last_id("assistant")
+    await chat.finished(reply_id)
+    assert await chat.message(reply_id).locator("details.reasoning").is_hidden()
