@@ -15,7 +15,15 @@ from typing import Any, Self, get_args
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
-from shared.events import CONVERSATION_DELETED, MessageEventType
+from shared.events import (
+    COMPLETED,
+    CONVERSATION_DELETED,
+    CREATED,
+    DELTA,
+    FAILED,
+    SNAPSHOT,
+    MessageEventType,
+)
 from shared.schemas import FINISHED, Message, Status
 
 DEFAULT_TIMEOUT = 20.0
@@ -35,17 +43,17 @@ class Rebuilder:
     def apply(self, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
         if self.snapshot is None:
-            assert kind == "snapshot", f"the first frame must be the snapshot, got {frame}"
+            assert kind == SNAPSHOT, f"the first frame must be the snapshot, got {frame}"
             assert frame["conversationId"] == self.conversation_id, frame
             self.snapshot = [Message.model_validate(item) for item in frame["messages"]]
             for message in self.snapshot:
                 self._check_mine(message.conversation_id, frame)
                 self.messages[message.id] = message
             return
-        assert kind != "snapshot", f"a second snapshot arrived: {frame}"
+        assert kind != SNAPSHOT, f"a second snapshot arrived: {frame}"
         assert not self.deleted, f"a frame after the conversation was deleted: {frame}"
         self.events.append(frame)
-        if kind == "message.delta":
+        if kind == DELTA:
             self._apply_delta(frame)
         elif kind in MESSAGE_EVENTS:
             self._apply_message(kind, Message.model_validate(frame["message"]), frame)
@@ -80,16 +88,16 @@ class Rebuilder:
     def _apply_message(self, kind: str, message: Message, frame: dict[str, Any]) -> None:
         self._check_mine(message.conversation_id, frame)
         current = self.messages.get(message.id)
-        if kind == "message.created":
+        if kind == CREATED:
             assert current is None, f"message.created for a message already known: {frame}"
-        elif kind == "message.failed":
+        elif kind == FAILED:
             self._check_failure(current, message, frame)
         else:
             assert current is not None, f"{kind} for a message never announced: {frame}"
             assert (message.attempt, message.seq) >= (current.attempt, current.seq), (
                 f"{kind} goes back from seq {current.seq} (attempt {current.attempt}): {frame}"
             )
-        if kind == "message.completed":
+        if kind == COMPLETED:
             assert message.status == Status.COMPLETED, frame
             assert current is not None
             assert current.message == message.message, (
@@ -156,16 +164,14 @@ class Rebuilder:
     def final(self, message_id: str) -> dict[str, Any]:
         """The `message.completed` / `message.failed` frame of a message."""
         finals = [
-            event
-            for event in self.events_of(message_id)
-            if event["type"] in ("message.completed", "message.failed")
+            event for event in self.events_of(message_id) if event["type"] in (COMPLETED, FAILED)
         ]
         assert len(finals) == 1, f"expected one final event for {message_id}, got {finals}"
         return finals[0]
 
 
 def _message_id(event: dict[str, Any]) -> str:
-    if event["type"] == "message.delta":
+    if event["type"] == DELTA:
         return str(event["messageId"])
     return str(event["message"]["id"])
 

@@ -15,7 +15,8 @@ import pytest
 
 from shared.broker import CHAT_QUEUE
 from tests.cluster.conftest import MOCK_DELAY_MS, ClusterStack
-from tests.faults.support import Expect, LiveSubscriber, Tally, audit, settle
+from tests.faults.audit import Expect, Tally, audit, settle
+from tests.faults.subscribers import LiveSubscriber
 from tests.helpers import ApiClient, MockClient, eventually, expected_reply, prompt
 from tests.helpers import new_conversation_id as conversation
 

@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.support import (
-    FaultStack,
-    ResultBook,
-    StackFactory,
-    ensure_rabbit_running,
-    fault_stack,
-    rabbit_running,
-)
+from tests.faults.audit import ResultBook
+from tests.faults.broker_control import ensure_rabbit_running, rabbit_running
+from tests.faults.stack import FaultStack, StackFactory, fault_stack
 
 LOG_TAIL_LINES = 25
 

@@ -5,7 +5,6 @@ and still end with exactly the stored text; the outbox publishes what was posted
 Every test restarts the broker in `finally`, and the suite's safety net checks again.
 """
 
-import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
@@ -14,24 +13,12 @@ import pytest
 
 from devstack.processes import Process
 from shared.schemas import ChatAccepted, Status
-from tests.faults.support import (
-    Expect,
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    audit,
-    clients,
-    rabbit_start_app,
-    rabbit_stop_app,
-    readiness_is,
-    save_tally,
-    settle,
-    settle_and_audit,
-    stack_fixture,
-    until,
-    whole_reply,
-)
-from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
+from tests.faults.audit import Expect, ResultBook, whole_reply
+from tests.faults.broker_control import broker_down
+from tests.faults.clients import clients, readiness_is, until
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.trial import Trial, fault_trial
+from tests.helpers import ApiClient, eventually, expected_reply, prompt
 
 pytestmark = pytest.mark.faults
 
@@ -61,6 +48,21 @@ def reconnect_failures(process: Process) -> int:
     return process.log_path.read_text(errors="replace").count(RECONNECT_FAILED)
 
 
+async def growth(api: ApiClient, turns: list[ChatAccepted]) -> dict[str, bool]:
+    """Whether each reply grows in MongoDB within 5 s (the broker being away meanwhile)."""
+    seqs = {turn.message_id: await stored_progress(api, turn) for turn in turns}
+    grown = dict.fromkeys(seqs, False)
+
+    async def all_grown() -> bool:
+        for turn in turns:
+            grown[turn.message_id] |= await stored_progress(api, turn) > seqs[turn.message_id]
+        return all(grown.values())
+
+    with contextlib.suppress(AssertionError):
+        await until(all_grown, 5, "the replies to grow")
+    return grown
+
+
 @dataclass
 class Restart:
     """What the broker restart left behind, for the tests that judge it."""
@@ -76,110 +78,69 @@ class Restart:
 @pytest.fixture(scope="module")
 async def restart(stack: FaultStack, results: ResultBook) -> Restart:
     """Stop the broker under streaming replies, until they grew without it; start it again."""
-    tally = results.new(f"RabbitMQ stop_app/start_app under {REPLIES} streaming replies")
-    started = time.monotonic()
     outcome = Restart()
-    async with clients(stack) as (apis, mock), contextlib.AsyncExitStack() as exits:
-        turns = []
-        for index in range(REPLIES):
-            conversation_id = new_conversation_id()
-            text = prompt(f"outage-{index}", tokens=TOKENS, delay_ms=DELAY_MS)
-            subscribers = [
-                await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
-                for api in apis
-            ]
-            turns.append((conversation_id, text, subscribers))
-        accepted = [
-            await apis[index % 2].post_chat(text, conversation_id)
-            for index, (conversation_id, text, _) in enumerate(turns)
-        ]
-        for (_, _, subscribers), turn in zip(turns, accepted, strict=True):
-            await subscribers[0].streaming(turn.message_id, seq=3)
+    async with (
+        results.fault(f"RabbitMQ stop_app/start_app under {REPLIES} streaming replies") as tally,
+        clients(stack) as (apis, mock),
+    ):
         api = apis[0]
-        processes = [process for process, _ in stack.apis] + stack.live_responders()
-        noticed = {process.name: reconnect_failures(process) for process in processes}
-        stopped_at = time.monotonic()
-        try:
-            await asyncio.to_thread(rabbit_stop_app)
-            await readiness_is(apis, 503, 15)
-            # Keep the broker away until every service has noticed: each one has already
-            # failed to reconnect at least once.
-            await eventually(
-                lambda: all(reconnect_failures(p) > noticed[p.name] for p in processes),
-                30,
-                interval=0.2,
-                what="every service to fail reconnecting to the broker",
-            )
-            # Do the replies go on without the broker? They should keep growing in MongoDB.
-            seqs = {turn.message_id: await stored_progress(api, turn) for turn in accepted}
-            grown = dict.fromkeys(seqs, False)
-
-            async def all_grown() -> bool:
-                for turn in accepted:
-                    grown[turn.message_id] |= (
-                        await stored_progress(api, turn) > seqs[turn.message_id]
+        async with contextlib.AsyncExitStack() as exits:
+            trials: list[tuple[Trial, str, ChatAccepted]] = []
+            for index in range(REPLIES):
+                trial = await exits.enter_async_context(
+                    fault_trial(stack, tally, watchers=2, timeout=RECOVERY_TIMEOUT)
+                )
+                text = prompt(f"outage-{index}", tokens=TOKENS, delay_ms=DELAY_MS)
+                trials.append((trial, text, await trial.post(text, trial.apis[index % 2])))
+            for trial, _, turn in trials:
+                await trial.subscriber.streaming(turn.message_id, seq=3)
+            processes = [process for process, _ in stack.apis] + stack.live_responders()
+            noticed = {process.name: reconnect_failures(process) for process in processes}
+            stopped_at = time.monotonic()
+            async with broker_down():
+                await readiness_is(apis, 503, 15)
+                # Keep the broker away until every service has noticed: each one has already
+                # failed to reconnect at least once.
+                await eventually(
+                    lambda: all(reconnect_failures(p) > noticed[p.name] for p in processes),
+                    30,
+                    interval=0.2,
+                    what="every service to fail reconnecting to the broker",
+                )
+                outcome.grew_without_broker = await growth(api, [turn for _, _, turn in trials])
+            outage = time.monotonic() - stopped_at
+            await readiness_is(apis, 200, RECOVERY_TIMEOUT)
+            for trial, text, turn in trials:
+                trial.expect(
+                    Expect(
+                        turn.message_id,
+                        statuses=(Status.COMPLETED, Status.FAILED),
+                        texts=tuple(expected_reply(text, TOKENS, attempt) for attempt in range(3)),
                     )
-                return all(grown.values())
-
-            with contextlib.suppress(AssertionError):
-                await until(all_grown, 5, "the replies to grow")
-        finally:
-            await asyncio.to_thread(rabbit_start_app)
-        outage = time.monotonic() - stopped_at
-        outcome.grew_without_broker = grown
-        await readiness_is(apis, 200, RECOVERY_TIMEOUT)
-        for (conversation_id, text, subscribers), turn in zip(turns, accepted, strict=True):
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                Expect(
-                    turn.message_id,
-                    statuses=(Status.COMPLETED, Status.FAILED),
-                    texts=tuple(expected_reply(text, TOKENS, attempt) for attempt in range(3)),
-                ),
-                tally,
-                subscribers,
-                timeout=RECOVERY_TIMEOUT,
-            )
-            outcome.reply_problems += problems
+                )
+        for trial, text, turn in trials:
+            outcome.reply_problems += trial.problems
+            outcome.disconnected += trial.disconnected
             asked = [(r["model"], r["attempt"]) for r in await mock.requests(text)]
             outcome.model_calls[turn.message_id] = asked
-            final = await api.message(conversation_id, turn.message_id)
+            final = await api.message(trial.conversation_id, turn.message_id)
             outcome.endings[turn.message_id] = (
                 f"{final.status} (attempt {final.attempt}, {len(asked)} model calls) {final.error}"
             )
-        outcome.disconnected = [
-            f"subscriber of {s.conversation_id} disconnected with code {s.close_code}"
-            for _, _, subscribers in turns
-            for s in subscribers
-            if not s.connected
-        ]
+        tally.notes += outcome.disconnected
         # The services really recovered: a new message in each conversation is answered, and
         # seen live by new subscribers on both APIs.
-        for conversation_id, _, _ in turns:
-            text = prompt("after-outage", tokens=5, delay_ms=5)
-            async with contextlib.AsyncExitStack() as fresh:
-                subscribers = [
-                    await fresh.enter_async_context(
-                        LiveSubscriber.open(client.ws_url, conversation_id)
-                    )
-                    for client in apis
-                ]
-                after = await api.post_chat(text, conversation_id)
-                problems = await settle(api, conversation_id, after.message_id, subscribers, 30)
-                problems += await audit(
-                    api,
-                    conversation_id,
-                    [Expect(after.message_id, texts=(expected_reply(text, 5),))],
-                    tally,
-                    subscribers,
-                )
-            outcome.after_problems += problems
-    tally.notes += outcome.reply_problems + outcome.disconnected + outcome.after_problems
-    tally.notes.append(f"broker down for about {outage:.1f}s (stop_app to start_app returning)")
-    tally.notes.append(f"replies grew in MongoDB while it was down: {outcome.grew_without_broker}")
-    tally.notes.append(f"replies ended: {outcome.endings}")
-    save_tally(results, tally, time.monotonic() - started)
+        for trial, _, _ in trials:
+            async with fault_trial(stack, tally, trial.conversation_id, watchers=2) as after:
+                text = prompt("after-outage", tokens=5, delay_ms=5)
+                accepted = await after.post(text)
+                after.expect(Expect(accepted.message_id, texts=(expected_reply(text, 5),)))
+            outcome.after_problems += after.problems
+        tally.notes.append(f"broker down for about {outage:.1f}s (stop_app to start_app returning)")
+        tally.notes.append(
+            f"replies grew in MongoDB while it was down: {outcome.grew_without_broker}"
+        )
+        tally.notes.append(f"replies ended: {outcome.endings}")
     return outcome
 
 
@@ -215,47 +176,31 @@ async def test_post_while_the_broker_is_down_is_stored_and_answered_later(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """202 at once, both messages stored, and the outbox sends the job once the broker is back."""
-    tally = results.new("RabbitMQ down when POST /chat arrives")
-    started = time.monotonic()
-    async with clients(stack) as (apis, mock), contextlib.AsyncExitStack() as exits:
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with (
+        results.fault("RabbitMQ down when POST /chat arrives") as tally,
+        fault_trial(stack, tally, timeout=RECOVERY_TIMEOUT) as trial,
+    ):
+        api = trial.api
         text = prompt("outbox", tokens=20, delay_ms=10)
-        before = await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
-        subscribers = [before]
-        try:
-            await asyncio.to_thread(rabbit_stop_app)
+        async with broker_down():
             await readiness_is([api], 503, 15)
             posted = time.monotonic()
             response = await api.http.post(
-                "/chat", json={"message": text, "conversationId": conversation_id}
+                "/chat", json={"message": text, "conversationId": trial.conversation_id}
             )
             post_seconds = time.monotonic() - posted
             assert response.status_code == 202, response.text
             reply_id = response.json()["messageId"]
-            stored = await api.conversation(conversation_id)
+            stored = await api.conversation(trial.conversation_id)
             assert [(m.sender, m.status) for m in stored.messages] == [
                 ("user", Status.COMPLETED),
                 ("assistant", Status.CREATED),
             ], stored
             assert stored.messages[1].id == reply_id
-            subscribers.append(
-                await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
-            )
-        finally:
-            await asyncio.to_thread(rabbit_start_app)
+            await trial.subscribe()
         await readiness_is([api], 200, RECOVERY_TIMEOUT)
-        problems = await settle_and_audit(
-            api,
-            conversation_id,
-            whole_reply(reply_id, text, 20),
-            tally,
-            subscribers,
-            mock,
-            timeout=RECOVERY_TIMEOUT,
-        )
-    tally.notes.append(f"POST /chat answered in {post_seconds:.1f}s with the broker down")
-    tally.notes += problems
-    save_tally(results, tally, time.monotonic() - started)
+        trial.expect(whole_reply(reply_id, text, 20))
+        tally.notes.append(f"POST /chat answered in {post_seconds:.1f}s with the broker down")
+    problems = trial.problems
     assert not problems, "\n".join(problems)
     assert post_seconds < 5, f"POST /chat took {post_seconds:.1f}s while the broker was down"

@@ -6,7 +6,6 @@ model twice or create a second reply.
 """
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 
 import aio_pika
@@ -15,22 +14,11 @@ from aio_pika.abc import AbstractChannel
 
 from shared.broker import CHAT_QUEUE, DEAD_LETTER_QUEUE, publish_job
 from shared.schemas import ChatAccepted, ChatJob, Status
-from tests.faults.support import (
-    Expect,
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    audit,
-    clients,
-    new_conversation,
-    queue_depths,
-    save_tally,
-    settle_and_audit,
-    stack_fixture,
-    unique,
-    watched_post,
-    whole_reply,
-)
+from tests.faults.audit import Expect, ResultBook, whole_reply
+from tests.faults.broker_control import queue_depths
+from tests.faults.clients import clients, unique
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.trial import fault_trial
 from tests.helpers import ApiClient, eventually, new_conversation_id, prompt
 
 pytestmark = pytest.mark.faults
@@ -77,50 +65,45 @@ async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
     stack: FaultStack, channel: AbstractChannel, results: ResultBook
 ) -> None:
     """A job for a completed or failed reply changes nothing and is acknowledged."""
-    tally = results.new("duplicate job of a finished reply")
-    started = time.monotonic()
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("duplicate job of a finished reply") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
+        api, mock, subscriber = trial.api, trial.mock, trial.subscriber
         done_text = prompt("done", tokens=10, delay_ms=5)
         failed_text = prompt("broken", status=500)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            done, completed = await api.ask(done_text, conversation_id)
-            broken, failed = await api.ask(failed_text, conversation_id)
-            assert (completed.status, failed.status) == (Status.COMPLETED, Status.FAILED)
-            await subscriber.finished(broken.message_id)
-            calls = {text: len(await mock.requests(text)) for text in (done_text, failed_text)}
+        done, completed = await api.ask(done_text, trial.conversation_id)
+        broken, failed = await api.ask(failed_text, trial.conversation_id)
+        assert (completed.status, failed.status) == (Status.COMPLETED, Status.FAILED)
+        await subscriber.finished(broken.message_id)
+        calls = {text: len(await mock.requests(text)) for text in (done_text, failed_text)}
+        await drained(stack)
+        for accepted in (done, broken, done, broken):
+            await publish_job(channel, job_of(accepted))
             await drained(stack)
-            for accepted in (done, broken, done, broken):
-                await publish_job(channel, job_of(accepted))
-                await drained(stack)
-            # Replies are written in order: once this one is done, anything the duplicates
-            # had set off would have been published, and seen, before it.
-            _, after = await api.ask(prompt("after", tokens=3, delay_ms=0), conversation_id)
-            await subscriber.finished(after.id)
-            tally.trials += 4
-            problems = await audit(
-                api,
-                conversation_id,
-                [
-                    Expect(done.message_id, texts=(completed.message,)),
-                    Expect(broken.message_id, statuses=(Status.FAILED,)),
-                    Expect(after.id),
-                ],
-                tally,
-                [subscriber],
-            )
-            for accepted, before in ((done, completed), (broken, failed)):
-                now = await api.message(conversation_id, accepted.message_id)
-                if now != before:
-                    problems.append(f"a duplicate job changed {before!r} into {now!r}")
-                events = subscriber.events_of(accepted.message_id)
-                if events[-1]["type"] not in ("message.completed", "message.failed"):
-                    problems.append(f"events after the end of {accepted.message_id}: {events}")
+        # Replies are written in order: once this one is done, anything the duplicates
+        # had set off would have been published, and seen, before it.
+        _, after = await api.ask(prompt("after", tokens=3, delay_ms=0), trial.conversation_id)
+        await subscriber.finished(after.id)
+        trial.expect(
+            Expect(done.message_id, texts=(completed.message,)),
+            Expect(broken.message_id, statuses=(Status.FAILED,)),
+            Expect(after.id),
+        )
+        problems: list[str] = []
+        for accepted, before in ((done, completed), (broken, failed)):
+            now = await api.message(trial.conversation_id, accepted.message_id)
+            if now != before:
+                problems.append(f"a duplicate job changed {before!r} into {now!r}")
+            events = subscriber.events_of(accepted.message_id)
+            if events[-1]["type"] not in ("message.completed", "message.failed"):
+                problems.append(f"events after the end of {accepted.message_id}: {events}")
         for text, count in calls.items():
             now_calls = len(await mock.requests(text))
             if now_calls != count:
                 tally.duplicates += now_calls - count
                 problems.append(f"the model was asked {now_calls - count} more times for {text}")
-    save_tally(results, tally, time.monotonic() - started)
+    problems += trial.problems
     assert not problems, "\n".join(problems)
 
 
@@ -146,14 +129,6 @@ async def test_jobs_for_unknown_or_malformed_replies_do_not_stick(
     letter = await queue.get(timeout=5)
     assert letter is not None and letter.body == b"not a job"
     await letter.ack()
-
-
-LEAKED_DELIVERY = (
-    "BUG services/responder/worker.py Worker.handle: a second delivery of a job this responder "
-    "is already handling replaces job.delivery and the first delivery is never settled: it stays "
-    "unacknowledged until the channel closes and holds a prefetch slot (and when the broker "
-    "redelivers the leaked ones together after a restart, they leak again)"
-)
 
 
 async def purge_leaked_jobs(stack: FaultStack, channel: AbstractChannel) -> None:
@@ -195,8 +170,10 @@ async def test_burst_of_duplicate_jobs_of_a_finished_reply_is_all_acked(
     stack: FaultStack, channel: AbstractChannel, results: ResultBook
 ) -> None:
     """Duplicates arriving together (a redelivery storm) are each acknowledged."""
-    tally = results.new("burst of 3 duplicate jobs of a finished reply")
-    async with clients(stack) as (apis, mock):
+    async with (
+        results.fault("burst of 3 duplicate jobs of a finished reply") as tally,
+        clients(stack) as (apis, mock),
+    ):
         text = prompt("burst", tokens=5, delay_ms=0)
         accepted, _ = await apis[0].ask(text, new_conversation_id())
         await drained(stack)
@@ -211,7 +188,6 @@ async def test_burst_of_duplicate_jobs_of_a_finished_reply_is_all_acked(
         finally:
             calls = len(await mock.requests(text))
             tally.duplicates += calls - 1
-            results.save()
         assert calls == 1, f"the model was asked {calls} times"
 
 
@@ -223,27 +199,19 @@ async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
 
     This is what an outbox republish of a job the broker had in fact confirmed looks like.
     """
-    tally = results.new("duplicate job of a reply in flight")
-    started = time.monotonic()
-    async with new_conversation(stack) as (api, mock, conversation_id):
-        text = prompt("inflight", tokens=60, delay_ms=30)
-        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-            await subscriber.streaming(accepted.message_id, seq=3)
+    async with results.fault("duplicate job of a reply in flight") as tally:
+        async with fault_trial(stack, tally) as trial:
+            text = prompt("inflight", tokens=60, delay_ms=30)
+            accepted = await trial.post(text)
+            await trial.subscriber.streaming(accepted.message_id, seq=3)
             await publish_job(channel, job_of(accepted))
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                whole_reply(accepted.message_id, text, 60),
-                tally,
-                [subscriber],
-                mock,
-            )
-    try:
-        await drained(stack, timeout=10)
-    except AssertionError as error:
-        problems.append(f"after the reply completed: {error}")
-    tally.notes += problems
-    save_tally(results, tally, time.monotonic() - started)
+            trial.expect(whole_reply(accepted.message_id, text, 60))
+        problems = list(trial.problems)
+        try:
+            await drained(stack, timeout=10)
+        except AssertionError as error:
+            problems.append(f"after the reply completed: {error}")
+            tally.notes.append(problems[-1])
     assert not problems, "\n".join(problems)
 
 
@@ -256,30 +224,24 @@ async def test_retried_post_with_the_same_idempotency_key_gets_one_reply(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """Same key: the same answer every time, before and after the reply finished."""
-    tally = results.new("POST retried with the same Idempotency-Key")
-    started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = new_conversation_id()
+    async with (
+        results.fault("POST retried with the same Idempotency-Key") as tally,
+        fault_trial(stack, tally, watchers=0) as trial,
+    ):
+        api = trial.api
         text = prompt("idem", tokens=20, delay_ms=10)
-        body = {"message": text, "conversationId": conversation_id}
+        body = {"message": text, "conversationId": trial.conversation_id}
         key = unique("key")
         first = await post_with_key(api, key, body)
-        again = await post_with_key(apis[1], key, body)
+        again = await post_with_key(trial.apis[1], key, body)
         accepted = ChatAccepted.model_validate(first[1])
-        await api.finished(conversation_id, accepted.message_id)
+        await api.finished(trial.conversation_id, accepted.message_id)
         late = await post_with_key(api, key, body)
-        tally.trials += 3
+        tally.trials += 2
         assert first[0] == again[0] == late[0] == 202, (first, again, late)
         assert first[1] == again[1] == late[1]
-        problems = await audit(
-            api,
-            conversation_id,
-            [Expect(accepted.message_id, model_calls=1, prompt=text)],
-            tally,
-            mock=mock,
-        )
-    save_tally(results, tally, time.monotonic() - started)
+        trial.expect(Expect(accepted.message_id, model_calls=1, prompt=text))
+    problems = trial.problems
     assert not problems, "\n".join(problems)
 
 
@@ -288,34 +250,29 @@ async def test_concurrent_posts_with_the_same_idempotency_key_get_one_reply(
     stack: FaultStack, results: ResultBook, with_conversation_id: bool
 ) -> None:
     """Racing POSTs on two API instances all get the one turn that was stored."""
-    tally = results.new(f"concurrent POSTs, one Idempotency-Key ({with_conversation_id=})")
-    started = time.monotonic()
-    async with clients(stack) as (apis, mock):
-        text = prompt("race", tokens=5, delay_ms=5)
-        body = {"message": text}
-        if with_conversation_id:
-            body["conversationId"] = new_conversation_id()
-        key = unique("race-key")
-        answers = await asyncio.gather(
-            *(post_with_key(apis[index % 2], key, body) for index in range(6))
-        )
-        tally.trials += len(answers)
+    async with results.fault(
+        f"concurrent POSTs, one Idempotency-Key ({with_conversation_id=})"
+    ) as tally:
+        async with clients(stack) as (apis, _):
+            text = prompt("race", tokens=5, delay_ms=5)
+            body = {"message": text}
+            if with_conversation_id:
+                body["conversationId"] = new_conversation_id()
+            key = unique("race-key")
+            answers = await asyncio.gather(
+                *(post_with_key(apis[index % 2], key, body) for index in range(6))
+            )
+        tally.trials += len(answers) - 1
         assert [status for status, _ in answers] == [202] * len(answers), answers
         assert all(answer == answers[0][1] for _, answer in answers), answers
         accepted = ChatAccepted.model_validate(answers[0][1])
-        await apis[0].finished(accepted.conversation_id, accepted.message_id)
-        problems = await audit(
-            apis[0],
-            accepted.conversation_id,
-            [Expect(accepted.message_id, model_calls=1, prompt=text)],
-            tally,
-            mock=mock,
-        )
-        stored = await apis[0].conversation(accepted.conversation_id)
-        if [message.id for message in stored.messages] != [
-            accepted.user_message_id,
-            accepted.message_id,
-        ]:
-            problems.append(f"the conversation holds {stored.messages}")
-    save_tally(results, tally, time.monotonic() - started)
+        async with fault_trial(stack, tally, accepted.conversation_id, watchers=0) as trial:
+            trial.expect(Expect(accepted.message_id, model_calls=1, prompt=text))
+            stored = await trial.api.conversation(accepted.conversation_id)
+    problems = list(trial.problems)
+    if [message.id for message in stored.messages] != [
+        accepted.user_message_id,
+        accepted.message_id,
+    ]:
+        problems.append(f"the conversation holds {stored.messages}")
     assert not problems, "\n".join(problems)

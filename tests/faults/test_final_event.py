@@ -9,25 +9,15 @@ and the text rebuilt must be the stored one. The shared audit checks the same af
 """
 
 import asyncio
-import contextlib
-import time
 
 import pytest
 
-from tests.faults.support import (
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    clients,
-    rabbit_start_app,
-    rabbit_stop_app,
-    readiness_is,
-    save_tally,
-    settle_and_audit,
-    stack_fixture,
-    whole_reply,
-)
-from tests.helpers import new_conversation_id, prompt
+from tests.faults.audit import ResultBook, whole_reply
+from tests.faults.broker_control import broker_down
+from tests.faults.clients import readiness_is
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.trial import fault_trial
+from tests.helpers import prompt
 
 pytestmark = pytest.mark.faults
 
@@ -49,32 +39,17 @@ stack = stack_fixture(
 async def test_the_end_of_a_reply_is_announced_once_after_a_broker_restart(
     stack: FaultStack, results: ResultBook
 ) -> None:
-    tally = results.new("RabbitMQ stop_app for 2 s at seq 5 of a 400-token reply: its end event")
-    started = time.monotonic()
-    async with clients(stack) as (apis, mock), contextlib.AsyncExitStack() as exits:
-        conversation_id = new_conversation_id()
+    async with (
+        results.fault(
+            "RabbitMQ stop_app for 2 s at seq 5 of a 400-token reply: its end event"
+        ) as tally,
+        fault_trial(stack, tally, watchers=2, timeout=RECOVERY_TIMEOUT) as trial,
+    ):
         text = prompt("final-event", tokens=TOKENS, delay_ms=DELAY_MS)
-        subscribers = [
-            await exits.enter_async_context(LiveSubscriber.open(api.ws_url, conversation_id))
-            for api in apis
-        ]
-        accepted = await apis[0].post_chat(text, conversation_id)
-        await subscribers[0].streaming(accepted.message_id, seq=STOP_AT_SEQ)
-        await asyncio.to_thread(rabbit_stop_app)
-        try:
+        accepted = await trial.post(text)
+        await trial.subscriber.streaming(accepted.message_id, seq=STOP_AT_SEQ)
+        async with broker_down():
             await asyncio.sleep(OUTAGE_SECONDS)
-        finally:
-            await asyncio.to_thread(rabbit_start_app)
-        await readiness_is(apis, 200, RECOVERY_TIMEOUT)
-        problems = await settle_and_audit(
-            apis[0],
-            conversation_id,
-            whole_reply(accepted.message_id, text, TOKENS),
-            tally,
-            subscribers,
-            mock,
-            timeout=RECOVERY_TIMEOUT,
-        )
-    tally.notes += problems
-    save_tally(results, tally, time.monotonic() - started)
-    assert not problems, "\n".join(problems)
+        await readiness_is(trial.apis, 200, RECOVERY_TIMEOUT)
+        trial.expect(whole_reply(accepted.message_id, text, TOKENS))
+    assert not trial.problems, "\n".join(trial.problems)

@@ -6,7 +6,6 @@ two attempts, or kept the dead attempt's text, cannot pass for the right one.
 
 import asyncio
 import contextlib
-import time
 from dataclasses import dataclass
 
 import aio_pika
@@ -15,22 +14,13 @@ import pytest
 from devstack.processes import Process
 from shared.broker import CHAT_QUEUE, DEAD_LETTER_QUEUE
 from shared.schemas import ChatJob, Message, Status
-from tests.faults.support import (
-    Expect,
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    audit,
-    clients,
-    new_conversation,
-    queue_depths,
-    save_tally,
-    settle,
-    settle_and_audit,
-    stack_fixture,
-    watched_post,
-)
-from tests.helpers import eventually, expected_reply, new_conversation_id, prompt
+from tests.faults.audit import Expect, ResultBook
+from tests.faults.broker_control import queue_depths
+from tests.faults.clients import clients
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.subscribers import LiveSubscriber
+from tests.faults.trial import fault_trial
+from tests.helpers import eventually, expected_reply, prompt
 
 pytestmark = pytest.mark.faults
 
@@ -61,50 +51,39 @@ async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """The dead attempt's text is dropped and the retry's whole text is the reply, every time."""
-    tally = results.new("responder SIGKILL mid-reply (2 responders)")
-    started = time.monotonic()
     problems: list[str] = []
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        for trial in range(TRIALS):
+    async with results.fault("responder SIGKILL mid-reply (2 responders)") as tally:
+        for trial_number in range(TRIALS):
             await keep_responders(stack, 2)
-            conversation_id = new_conversation_id()
-            text = prompt(f"crash-{trial}", tokens=TOKENS, delay_ms=DELAY_MS)
-            async with watched_post(api, conversation_id, text) as (early, accepted):
-                reply_id = accepted.message_id
+            async with fault_trial(stack, tally) as trial:
+                early = trial.subscriber
+                text = prompt(f"crash-{trial_number}", tokens=TOKENS, delay_ms=DELAY_MS)
+                reply_id = (await trial.post(text)).message_id
                 first = await early.streaming(reply_id, seq=5)
-                asked = await mock.models_asked(text)
+                asked = await trial.mock.models_asked(text)
                 assert len(asked) == 1, asked
                 stack.responder_for(asked[0]).kill()
-                async with LiveSubscriber.open(api.ws_url, conversation_id) as late:
-                    problems += await settle(api, conversation_id, reply_id, [early, late])
-                tally.trials += 1
+                await trial.subscribe()
                 retry_text = expected_reply(text, TOKENS, attempt=1)
-                problems += await audit(
-                    api,
-                    conversation_id,
-                    [Expect(reply_id, texts=(retry_text,), model_calls=2, prompt=text)],
-                    tally,
-                    [early, late],
-                    mock,
-                )
+                trial.expect(Expect(reply_id, texts=(retry_text,), model_calls=2, prompt=text))
+            problems += trial.problems
+            async with clients(stack) as (apis, mock):
                 asked = await mock.models_asked(text)
-                if len(asked) == 2 and asked[0] == asked[1]:
-                    problems.append(f"trial {trial}: the killed responder answered again")
-                restarts = [
-                    event
-                    for event in early.restarts(reply_id)
-                    if event["message"]["attempt"] > first.attempt
-                ]
-                if not restarts:
-                    problems.append(
-                        f"trial {trial}: no message.updated restarting {reply_id} from seq 0 "
-                        f"with an attempt above {first.attempt}: {early.timeline()[-8:]}"
-                    )
-                stored = await api.message(conversation_id, reply_id)
-                if stored.message == expected_reply(text, TOKENS, attempt=0):
-                    problems.append(f"trial {trial}: the reply kept the killed attempt's text")
-    save_tally(results, tally, time.monotonic() - started)
+                stored = await apis[0].message(trial.conversation_id, reply_id)
+            if len(asked) == 2 and asked[0] == asked[1]:
+                problems.append(f"trial {trial_number}: the killed responder answered again")
+            restarts = [
+                event
+                for event in early.restarts(reply_id)
+                if event["message"]["attempt"] > first.attempt
+            ]
+            if not restarts:
+                problems.append(
+                    f"trial {trial_number}: no message.updated restarting {reply_id} from seq 0 "
+                    f"with an attempt above {first.attempt}: {early.timeline()[-8:]}"
+                )
+            if stored.message == expected_reply(text, TOKENS, attempt=0):
+                problems.append(f"trial {trial_number}: the reply kept the killed attempt's text")
     assert not problems, "\n".join(problems)
 
 
@@ -124,13 +103,12 @@ class DoomedReply:
 @pytest.fixture(scope="module")
 async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
     """Kill the responder writing a reply on each of its REPLY_MAX_ATTEMPTS attempts."""
-    tally = results.new(f"responder SIGKILL on every attempt (max {MAX_ATTEMPTS})")
-    started = time.monotonic()
     await keep_responders(stack, 3)
-    async with new_conversation(stack) as (api, mock, conversation_id):
-        text = prompt("doomed", tokens=400, delay_ms=DELAY_MS)
-        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-            reply_id = accepted.message_id
+    async with results.fault(f"responder SIGKILL on every attempt (max {MAX_ATTEMPTS})") as tally:
+        async with fault_trial(stack, tally) as trial:
+            subscriber = trial.subscriber
+            text = prompt("doomed", tokens=400, delay_ms=DELAY_MS)
+            reply_id = (await trial.post(text)).message_id
             killed: list[Process] = []
             for attempt in range(1, MAX_ATTEMPTS + 1):
 
@@ -140,45 +118,38 @@ async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
                 await subscriber.wait(
                     streaming_attempt, what=f"attempt {attempt} of {reply_id} to stream"
                 )
-                asked = await mock.models_asked(text)
+                asked = await trial.mock.models_asked(text)
                 assert len(asked) == attempt, asked
                 holder = stack.responder_for(asked[-1])
                 assert holder not in killed, "a killed responder answered"
                 holder.kill()
                 killed.append(holder)
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                Expect(reply_id, statuses=(Status.FAILED,), model_calls=2, prompt=text),
-                tally,
-                [subscriber],
-                mock,
-            )
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as late:
-            late_snapshot = late.get(reply_id)
-            tally.notes.append(f"a new subscriber's snapshot shows it as {late_snapshot!r}")
-        stored = await api.message(conversation_id, reply_id)
+            trial.expect(Expect(reply_id, statuses=(Status.FAILED,), model_calls=2, prompt=text))
+        async with clients(stack) as (apis, mock):
+            api = apis[0]
+            async with LiveSubscriber.open(api.ws_url, trial.conversation_id) as late:
+                late_snapshot = late.get(reply_id)
+                tally.notes.append(f"a new subscriber's snapshot shows it as {late_snapshot!r}")
+            stored = await api.message(trial.conversation_id, reply_id)
 
-        def dead_lettered() -> dict[str, tuple[int, int]] | None:
+            def dead_lettered() -> dict[str, tuple[int, int]] | None:
+                depths = queue_depths(stack.vhost)
+                done = depths.get(DEAD_LETTER_QUEUE) == (1, 0) and depths.get(CHAT_QUEUE) == (0, 0)
+                return depths if done else None
+
+            with contextlib.suppress(AssertionError):
+                await eventually(dead_lettered, timeout=20, interval=0.5, what="the dead letter")
             depths = queue_depths(stack.vhost)
-            done = depths.get(DEAD_LETTER_QUEUE) == (1, 0) and depths.get(CHAT_QUEUE) == (0, 0)
-            return depths if done else None
-
-        with contextlib.suppress(AssertionError):
-            await eventually(dead_lettered, timeout=20, interval=0.5, what="the dead letter")
-        depths = queue_depths(stack.vhost)
-        letters = []
-        connection = await aio_pika.connect(stack.broker.url)
-        async with connection:
-            channel = await connection.channel()
-            queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
-            while (letter := await queue.get(timeout=5, fail=False)) is not None:
-                letters.append(ChatJob.model_validate_json(letter.body))
-                await letter.ack()
-        calls = len(await mock.requests(text))
-    tally.notes += problems
-    save_tally(results, tally, time.monotonic() - started)
-    return DoomedReply(text, stored, problems, letters, depths, calls, late_snapshot)
+            letters = []
+            connection = await aio_pika.connect(stack.broker.url)
+            async with connection:
+                channel = await connection.channel()
+                queue = await channel.declare_queue(DEAD_LETTER_QUEUE, passive=True)
+                while (letter := await queue.get(timeout=5, fail=False)) is not None:
+                    letters.append(ChatJob.model_validate_json(letter.body))
+                    await letter.ack()
+            calls = len(await mock.requests(text))
+    return DoomedReply(text, stored, trial.problems, letters, depths, calls, late_snapshot)
 
 
 async def test_reply_failing_on_every_attempt_ends_failed_and_dead_lettered(

@@ -13,17 +13,10 @@ import pytest
 
 from devstack.processes import Process
 from shared.schemas import Status
-from tests.faults.support import (
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    new_conversation,
-    save_tally,
-    settle_and_audit,
-    stack_fixture,
-    watched_post,
-    whole_reply,
-)
+from tests.faults.audit import ResultBook, whole_reply
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.subscribers import LiveSubscriber
+from tests.faults.trial import fault_trial
 from tests.helpers import eventually, prompt
 
 pytestmark = pytest.mark.faults
@@ -62,101 +55,86 @@ async def test_sigterm_with_enough_grace_finishes_the_reply_then_exits_0(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """A deploy must not cut replies short: with enough grace the reply finishes first."""
-    tally = results.new("SIGTERM to a responder mid-reply, grace 30 s")
     (responder,) = await only_responders(stack, 30)
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("SIGTERM to a responder mid-reply, grace 30 s") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
         text = prompt("drain", tokens=100, delay_ms=DELAY_MS)
-        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-            await subscriber.streaming(accepted.message_id, seq=5)
-            code, took = await sigterm(responder, 60)
-            at_exit = await api.message(conversation_id, accepted.message_id)
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                whole_reply(accepted.message_id, text, 100),
-                tally,
-                [subscriber],
-                mock,
-            )
-    tally.notes.append(f"exit code {code} after {took:.1f}s")
-    save_tally(results, tally, took)
+        accepted = await trial.post(text)
+        await trial.subscriber.streaming(accepted.message_id, seq=5)
+        code, took = await sigterm(responder, 60)
+        at_exit = await trial.api.message(trial.conversation_id, accepted.message_id)
+        trial.expect(whole_reply(accepted.message_id, text, 100))
+        tally.notes.append(f"exit code {code} after {took:.1f}s")
     assert code == 0, f"the responder exited with {code}"
     assert at_exit.status == Status.COMPLETED, f"exited before finishing the reply: {at_exit!r}"
     assert at_exit.attempt == 1, "the reply was restarted"
-    assert not problems, "\n".join(problems)
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 async def test_sigterm_with_short_grace_hands_the_reply_back_at_once(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """Grace 1 s, a long reply: exit 0 quickly, another responder restarts it without a lease."""
-    tally = results.new("SIGTERM to a responder mid-reply, grace 1 s")
     (short,) = await only_responders(stack, 1)
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("SIGTERM to a responder mid-reply, grace 1 s") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
         text = prompt("handback", tokens=300, delay_ms=DELAY_MS)
-        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-            reply_id = accepted.message_id
-            await subscriber.streaming(reply_id, seq=5)
-            await asyncio.to_thread(stack.start_responder, SHUTDOWN_GRACE_SECONDS="30")
-            assert not subscriber.is_finished(reply_id), "the reply ended before the SIGTERM"
-            first_attempt = subscriber.attempt(reply_id)
-            signalled = time.monotonic()
-            code, took = await sigterm(short, 30)
-            await subscriber.wait(
-                lambda s: s.attempt(reply_id) > first_attempt,
-                30,
-                "another responder to restart the reply",
-            )
-            taken_over = time.monotonic() - signalled
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                whole_reply(reply_id, text, 300, attempt=1, model_calls=2),
-                tally,
-                [subscriber],
-                mock,
-            )
-            asked = await mock.models_asked(text)
-    tally.notes.append(
-        f"exit code {code} after {took:.1f}s; restarted elsewhere {taken_over:.1f}s after SIGTERM"
-    )
-    save_tally(results, tally, taken_over)
+        reply_id = (await trial.post(text)).message_id
+        subscriber = trial.subscriber
+        await subscriber.streaming(reply_id, seq=5)
+        await asyncio.to_thread(stack.start_responder, SHUTDOWN_GRACE_SECONDS="30")
+        assert not subscriber.is_finished(reply_id), "the reply ended before the SIGTERM"
+        first_attempt = subscriber.attempt(reply_id)
+        signalled = time.monotonic()
+        code, took = await sigterm(short, 30)
+        await subscriber.wait(
+            lambda s: s.attempt(reply_id) > first_attempt,
+            30,
+            "another responder to restart the reply",
+        )
+        taken_over = time.monotonic() - signalled
+        trial.expect(whole_reply(reply_id, text, 300, attempt=1, model_calls=2))
+        tally.notes.append(
+            f"exit code {code} after {took:.1f}s; "
+            f"restarted elsewhere {taken_over:.1f}s after SIGTERM"
+        )
+        asked = await trial.mock.models_asked(text)
     assert code == 0, f"the responder exited with {code}"
     assert took < 1 + 4, f"took {took:.1f}s to exit with a 1 s grace"
     assert len(asked) == 2 and asked[0] != asked[1], asked
     assert taken_over < 1 + LEASE, f"the reply waited {taken_over:.1f}s: not handed back"
-    assert not problems, "\n".join(problems)
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 async def test_sigterm_to_an_api_closes_its_websockets_with_1012(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """Clients learn the server is restarting, reconnect elsewhere and miss nothing."""
-    tally = results.new("SIGTERM to an API with WebSocket clients")
     await only_responders(stack, 5)
     extra, extra_url = await asyncio.to_thread(stack.start_api)
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("SIGTERM to an API with WebSocket clients") as tally,
+        fault_trial(stack, tally, watchers=0) as trial,
+    ):
         text = prompt("api-restart", tokens=150, delay_ms=DELAY_MS)
         ws_extra = extra_url.replace("http://", "ws://", 1)
-        async with LiveSubscriber.open(ws_extra, conversation_id) as leaving:
-            accepted = await api.post_chat(text, conversation_id)
+        async with LiveSubscriber.open(ws_extra, trial.conversation_id) as leaving:
+            accepted = await trial.post(text)
             await leaving.streaming(accepted.message_id, seq=5)
             code, took = await sigterm(extra, 20)
             await eventually(lambda: not leaving.connected, 10, what="the WebSocket to close")
             leaving.check()
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as back:
-            problems = await settle_and_audit(
-                api,
-                conversation_id,
-                whole_reply(accepted.message_id, text, 150),
-                tally,
-                [back],
-                mock,
-            )
-    tally.notes.append(f"API exit code {code} after {took:.1f}s; close code {leaving.close_code}")
-    save_tally(results, tally, took)
+        await trial.subscribe()
+        trial.expect(whole_reply(accepted.message_id, text, 150))
+        tally.notes.append(
+            f"API exit code {code} after {took:.1f}s; close code {leaving.close_code}"
+        )
     assert leaving.close_code == SERVICE_RESTART, f"closed with {leaving.close_code}"
     # uvicorn re-raises the signal after its graceful shutdown: -SIGTERM is a clean exit too.
     assert code in (0, -signal.SIGTERM), f"the API exited with {code}"
     assert took < 10, f"the API took {took:.1f}s to shut down"
-    assert not problems, "\n".join(problems)
+    assert not trial.problems, "\n".join(trial.problems)

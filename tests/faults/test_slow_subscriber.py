@@ -23,17 +23,11 @@ from websockets.uri import parse_uri
 
 from shared.schemas import Status
 from tests.clients import Rebuilder
-from tests.faults.support import (
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    clients,
-    save_tally,
-    settle_and_audit,
-    stack_fixture,
-    watched_post,
-    whole_reply,
-)
+from tests.faults.audit import ResultBook, whole_reply
+from tests.faults.clients import clients
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.subscribers import LiveSubscriber
+from tests.faults.trial import fault_trial
 from tests.helpers import eventually, new_conversation_id, prompt
 
 pytestmark = pytest.mark.faults
@@ -158,57 +152,49 @@ class Flood:
 @pytest.fixture(scope="module")
 async def flood(stack: FaultStack, results: ResultBook) -> Flood:
     """One reading and one stalled subscriber while a long reply streams fast."""
-    tally = results.new(f"WebSocket client that never reads (SUBSCRIBER_BUFFER={BUFFER})")
-    started = time.monotonic()
     (api_process, api_url) = stack.apis[0]
     port = int(api_url.rsplit(":", 1)[1])
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        conversation_id = f"slow-{uuid.uuid4().hex}{uuid.uuid4().hex}"[:64]  # big frames
-        text = prompt("flood", tokens=TOKENS, delay_ms=DELAY_MS)
-        stalled = StalledClient(f"{api.ws_url}/conversations/{conversation_id}/stream", port)
+    ws_url = api_url.replace("http://", "ws://", 1)
+    conversation_id = f"slow-{uuid.uuid4().hex}{uuid.uuid4().hex}"[:64]  # big frames
+    text = prompt("flood", tokens=TOKENS, delay_ms=DELAY_MS)
+    stalled = StalledClient(f"{ws_url}/conversations/{conversation_id}/stream", port)
+    async with results.fault(
+        f"WebSocket client that never reads (SUBSCRIBER_BUFFER={BUFFER})"
+    ) as tally:
         try:
             await asyncio.to_thread(stalled.handshake)
-            async with watched_post(api, conversation_id, text) as (reader, accepted):
-                problems = await settle_and_audit(
-                    api,
-                    conversation_id,
-                    whole_reply(accepted.message_id, text, TOKENS),
-                    tally,
-                    [reader],
-                    mock,
-                    timeout=90,
+            async with fault_trial(stack, tally, conversation_id, timeout=90) as trial:
+                reader = trial.subscriber
+                accepted = await trial.post(text)
+                trial.expect(whole_reply(accepted.message_id, text, TOKENS))
+            held = True
+            with contextlib.suppress(AssertionError):
+                await eventually(
+                    lambda: not server_holds(api_process.pid, stalled.port),
+                    DROP_TIMEOUT,
+                    interval=0.2,
+                    what="the server to drop the stalled client",
                 )
-                held = True
-                with contextlib.suppress(AssertionError):
-                    await eventually(
-                        lambda: not server_holds(api_process.pid, stalled.port),
-                        DROP_TIMEOUT,
-                        interval=0.2,
-                        what="the server to drop the stalled client",
-                    )
-                    held = False
+                held = False
             # Only now does the stalled client read: what the server sent it, then the close.
             await asyncio.to_thread(stalled.read_to_the_end, 30)
         finally:
             stalled.close()
-    rebuilt = Rebuilder(conversation_id)
-    error = None
-    try:
-        for raw in stalled.frames:
-            rebuilt.apply(orjson.loads(raw))
-    except AssertionError as failure:
-        error = str(failure)
-    close_code = stalled.protocol.close_code
-    tally.notes.append(
-        f"reader got {reader.frames} frames; the stalled client {len(stalled.frames)} "
-        f"then close {close_code} ({stalled.ending}); the server still held its connection "
-        f"{DROP_TIMEOUT:.0f}s after the reply ended: {held}"
-    )
-    tally.notes += problems
-    save_tally(results, tally, time.monotonic() - started)
+        rebuilt = Rebuilder(conversation_id)
+        error = None
+        try:
+            for raw in stalled.frames:
+                rebuilt.apply(orjson.loads(raw))
+        except AssertionError as failure:
+            error = str(failure)
+        close_code = stalled.protocol.close_code
+        tally.notes.append(
+            f"reader got {reader.frames} frames; the stalled client {len(stalled.frames)} "
+            f"then close {close_code} ({stalled.ending}); the server still held its connection "
+            f"{DROP_TIMEOUT:.0f}s after the reply ended: {held}"
+        )
     return Flood(
-        problems,
+        trial.problems,
         reader.frames,
         close_code,
         stalled.ending,

@@ -14,20 +14,11 @@ import pytest
 from services.responder.leases import ABANDONED
 from shared.broker import CHAT_QUEUE
 from shared.schemas import Message, Status
-from tests.faults.support import (
-    Expect,
-    FaultStack,
-    LiveSubscriber,
-    ResultBook,
-    audit,
-    new_conversation,
-    queue_depths,
-    save_tally,
-    settle,
-    settle_and_audit,
-    stack_fixture,
-    watched_post,
-)
+from tests.faults.audit import Expect, ResultBook
+from tests.faults.broker_control import queue_depths
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.subscribers import LiveSubscriber
+from tests.faults.trial import fault_trial
 from tests.helpers import eventually, expected_reply, prompt
 
 pytestmark = pytest.mark.faults
@@ -51,34 +42,27 @@ async def test_hung_upstream_fails_the_reply_after_the_model_timeout(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """A live responder keeps its lease, so the model timeout ends the reply, text kept."""
-    tally = results.new("model stream hangs (timeout 2 s)")
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("model stream hangs (timeout 2 s)") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
         text = prompt("hang", tokens=50, delay_ms=DELAY_MS, hang_after=3)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            started = time.monotonic()
-            accepted = await api.post_chat(text, conversation_id)
-            problems = await settle(api, conversation_id, accepted.message_id, [subscriber], 30)
-            elapsed = time.monotonic() - started
-            tally.trials += 1
-            problems += await audit(
-                api,
-                conversation_id,
-                [
-                    Expect(
-                        accepted.message_id,
-                        statuses=(Status.FAILED,),
-                        texts=(expected_reply(text, 3),),
-                        model_calls=1,
-                        prompt=text,
-                    )
-                ],
-                tally,
-                [subscriber],
-                mock,
+        started = time.monotonic()
+        accepted = await trial.post(text)
+        trial.expect(
+            Expect(
+                accepted.message_id,
+                statuses=(Status.FAILED,),
+                texts=(expected_reply(text, 3),),
+                model_calls=1,
+                prompt=text,
             )
-        stored = await api.message(conversation_id, accepted.message_id)
-    save_tally(results, tally, elapsed)
-    assert not problems, "\n".join(problems)
+        )
+        await trial.api.finished(trial.conversation_id, accepted.message_id, 30)
+        elapsed = time.monotonic() - started
+        stored = await trial.api.message(trial.conversation_id, accepted.message_id)
+        tally.notes.append(f"the hung reply failed {elapsed:.1f}s after the POST")
+    assert not trial.problems, "\n".join(trial.problems)
     assert stored.error == "model API timed out", stored
     assert elapsed < MODEL_TIMEOUT + 8, f"the hung reply took {elapsed:.1f}s to fail"
 
@@ -100,51 +84,44 @@ class FrozenReply:
 @pytest.fixture(scope="module")
 async def frozen(stack: FaultStack, results: ResultBook) -> FrozenReply:
     """SIGSTOP the responder writing a reply; another one's sweeper must end it; then SIGCONT."""
-    tally = results.new("responder SIGSTOPped mid-reply")
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("responder SIGSTOPped mid-reply") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
         text = prompt("frozen", tokens=TOKENS, delay_ms=DELAY_MS)
-        async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-            reply_id = accepted.message_id
-            await subscriber.streaming(reply_id, seq=5)
-            (model,) = await mock.models_asked(text)
-            holder = stack.responder_for(model)
-            os.kill(holder.pid, signal.SIGSTOP)
-            stopped_at = time.monotonic()
-            try:
-                ended = await api.finished(conversation_id, reply_id, timeout=8 * LEASE)
-                ended_after = time.monotonic() - stopped_at
-                problems = await settle_and_audit(
-                    api,
-                    conversation_id,
-                    Expect(reply_id, statuses=(Status.FAILED,), model_calls=1, prompt=text),
-                    tally,
-                    [subscriber],
-                    mock,
-                )
-                async with LiveSubscriber.open(api.ws_url, conversation_id) as late:
-                    late_snapshot = late.get(reply_id)
-                tally.notes.append(f"a new subscriber's snapshot shows it as {late_snapshot!r}")
-            finally:
-                os.kill(holder.pid, signal.SIGCONT)
+        reply_id = (await trial.post(text)).message_id
+        await trial.subscriber.streaming(reply_id, seq=5)
+        (model,) = await trial.mock.models_asked(text)
+        holder = stack.responder_for(model)
+        os.kill(holder.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        try:
+            ended = await trial.api.finished(trial.conversation_id, reply_id, timeout=8 * LEASE)
+            ended_after = time.monotonic() - stopped_at
+            trial.expect(Expect(reply_id, statuses=(Status.FAILED,), model_calls=1, prompt=text))
+            async with LiveSubscriber.open(trial.api.ws_url, trial.conversation_id) as late:
+                late_snapshot = late.get(reply_id)
+            tally.notes.append(f"a new subscriber's snapshot shows it as {late_snapshot!r}")
+        finally:
+            os.kill(holder.pid, signal.SIGCONT)
 
-            def settled() -> dict[str, tuple[int, int]] | None:
-                depths = queue_depths(stack.vhost)
-                return depths if depths.get(CHAT_QUEUE) == (0, 0) else None
+        def settled() -> dict[str, tuple[int, int]] | None:
+            depths = queue_depths(stack.vhost)
+            return depths if depths.get(CHAT_QUEUE) == (0, 0) else None
 
-            # The resumed responder finishes its stream (the mock kept writing), finds the
-            # reply ended, and must neither change it nor show more of it.
-            depths = await eventually(settled, 30, interval=0.5, what="the job to be settled")
-            assert depths is not None
-            after_resume = await api.message(conversation_id, reply_id)
-            events_after_final = subscriber.events_after_final(reply_id)
-    tally.notes += problems
-    save_tally(results, tally, ended_after)
+        # The resumed responder finishes its stream (the mock kept writing), finds the
+        # reply ended, and must neither change it nor show more of it.
+        depths = await eventually(settled, 30, interval=0.5, what="the job to be settled")
+        assert depths is not None
+        after_resume = await trial.api.message(trial.conversation_id, reply_id)
+        tally.notes.append(f"failed {ended_after:.1f}s after the SIGSTOP")
+    events_after_final = trial.subscriber.events_after_final(reply_id)
     return FrozenReply(
         text,
         ended,
         ended_after,
         after_resume,
-        problems,
+        trial.problems,
         events_after_final,
         late_snapshot,
         depths,

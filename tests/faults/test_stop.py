@@ -12,23 +12,11 @@ import pytest
 
 from shared.broker import CHAT_QUEUE
 from shared.schemas import Message, Status
-from tests.faults.support import (
-    Expect,
-    FaultStack,
-    LiveSubscriber,
-    MockProbe,
-    ResultBook,
-    audit,
-    clients,
-    new_conversation,
-    queue_depths,
-    save_tally,
-    settle,
-    settle_and_audit,
-    stack_fixture,
-    unique,
-    watched_post,
-)
+from tests.faults.audit import Expect, ResultBook
+from tests.faults.broker_control import queue_depths
+from tests.faults.clients import MockProbe, clients, unique
+from tests.faults.stack import FaultStack, stack_fixture
+from tests.faults.trial import fault_trial
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 
 pytestmark = pytest.mark.faults
@@ -70,53 +58,44 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """Stopped mid-stream: partial text kept everywhere, model stream closed; both holders."""
-    tally = results.new("stop mid-stream (2 responders)")
-    started = time.monotonic()
     holders: set[str] = set()
     problems: list[str] = []
     sent_counts: list[int] = []
-    async with clients(stack) as (apis, mock):
-        api = apis[0]
-        for trial in range(MAX_TRIALS):
-            if trial >= 4 and len(holders) == 2:
+    async with results.fault("stop mid-stream (2 responders)") as tally:
+        for trial_number in range(MAX_TRIALS):
+            if trial_number >= 4 and len(holders) == 2:
                 break
-            conversation_id = new_conversation_id()
-            text = prompt(f"stop-{trial}", tokens=TOKENS, delay_ms=DELAY_MS)
-            full = expected_reply(text, TOKENS)
-            async with watched_post(api, conversation_id, text) as (subscriber, accepted):
-                reply_id = accepted.message_id
-                await subscriber.streaming(reply_id, seq=5)
-                (model,) = await mock.models_asked(text)
+            async with fault_trial(stack, tally) as trial:
+                text = prompt(f"stop-{trial_number}", tokens=TOKENS, delay_ms=DELAY_MS)
+                full = expected_reply(text, TOKENS)
+                reply_id = (await trial.post(text)).message_id
+                await trial.subscriber.streaming(reply_id, seq=5)
+                (model,) = await trial.mock.models_asked(text)
                 holders.add(model)
-                response = await stop(api, conversation_id, reply_id)
+                response = await stop(trial.api, trial.conversation_id, reply_id)
                 assert response.status_code == 200, response.text
                 stopped = Message.model_validate(response.json())
-                problems += await settle_and_audit(
-                    api,
-                    conversation_id,
-                    Expect(reply_id, texts=(stopped.message,), model_calls=1, prompt=text),
-                    tally,
-                    [subscriber],
-                    mock,
-                )
-                final = subscriber.final(reply_id)
-            sent = await emissions_settled(mock, text)
+                trial.expect(Expect(reply_id, texts=(stopped.message,), model_calls=1, prompt=text))
+                sent = await emissions_settled(trial.mock, text)
+            problems += trial.problems
+            final = trial.subscriber.final(reply_id)
             sent_counts.append(sent)
             if (stopped.status, stopped.stopped) != (Status.COMPLETED, True):
-                problems.append(f"trial {trial}: stop answered {stopped!r}")
+                problems.append(f"trial {trial_number}: stop answered {stopped!r}")
             if not (0 < len(stopped.message) < len(full) and full.startswith(stopped.message)):
                 problems.append(
-                    f"trial {trial}: kept {stopped.message!r}, not a prefix of the reply"
+                    f"trial {trial_number}: kept {stopped.message!r}, not a prefix of the reply"
                 )
             if final["type"] != "message.completed" or not final["message"]["stopped"]:
-                problems.append(f"trial {trial}: subscribers got {final}")
+                problems.append(f"trial {trial_number}: subscribers got {final}")
             if not sent < TOKENS:
                 problems.append(
-                    f"trial {trial}: the mock sent all {sent} tokens: stream not closed"
+                    f"trial {trial_number}: the mock sent all {sent} tokens: stream not closed"
                 )
-    tally.notes.append(f"replies were written by {sorted(holders)}")
-    tally.notes.append(f"the mock sent {sent_counts} of {TOKENS} tokens before its stream closed")
-    save_tally(results, tally, time.monotonic() - started)
+        tally.notes.append(f"replies were written by {sorted(holders)}")
+        tally.notes.append(
+            f"the mock sent {sent_counts} of {TOKENS} tokens before its stream closed"
+        )
     assert not problems, "\n".join(problems)
     assert len(holders) == 2, f"only {holders} wrote the stopped replies; both should have"
 
@@ -146,40 +125,29 @@ async def test_stopping_a_queued_reply_ends_it_before_it_starts(
     stack: FaultStack, results: ResultBook
 ) -> None:
     """A reply still waiting its turn is ended at once, empty, and the model never asked."""
-    tally = results.new("stop a reply still queued behind another")
-    started = time.monotonic()
-    async with new_conversation(stack) as (api, mock, conversation_id):
+    async with (
+        results.fault("stop a reply still queued behind another") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
         first_text = prompt("first", tokens=60, delay_ms=DELAY_MS)
         queued_text = prompt("queued", tokens=10, delay_ms=0)
-        async with LiveSubscriber.open(api.ws_url, conversation_id) as subscriber:
-            first = await api.post_chat(first_text, conversation_id)
-            await subscriber.streaming(first.message_id, seq=2)
-            queued = await api.post_chat(queued_text, conversation_id)
-            response = await stop(api, conversation_id, queued.message_id)
-            assert response.status_code == 200, response.text
-            stopped = Message.model_validate(response.json())
-            problems = await settle(api, conversation_id, first.message_id, [subscriber])
-            problems += await settle(api, conversation_id, queued.message_id, [subscriber])
-            await eventually(
-                lambda: queue_depths(stack.vhost).get(CHAT_QUEUE) == (0, 0),
-                15,
-                interval=0.3,
-                what="the queued reply's job to be settled",
-            )
-            tally.trials += 1
-            problems += await audit(
-                api,
-                conversation_id,
-                [
-                    Expect(first.message_id, texts=(expected_reply(first_text, 60),)),
-                    Expect(queued.message_id, texts=("",), model_calls=0, prompt=queued_text),
-                ],
-                tally,
-                [subscriber],
-                mock,
-            )
-            final = subscriber.final(queued.message_id)
-    save_tally(results, tally, time.monotonic() - started)
+        first = await trial.post(first_text)
+        await trial.subscriber.streaming(first.message_id, seq=2)
+        queued = await trial.post(queued_text)
+        response = await stop(trial.api, trial.conversation_id, queued.message_id)
+        assert response.status_code == 200, response.text
+        stopped = Message.model_validate(response.json())
+        trial.expect(
+            Expect(first.message_id, texts=(expected_reply(first_text, 60),)),
+            Expect(queued.message_id, texts=("",), model_calls=0, prompt=queued_text),
+        )
+        await eventually(
+            lambda: queue_depths(stack.vhost).get(CHAT_QUEUE) == (0, 0),
+            15,
+            interval=0.3,
+            what="the queued reply's job to be settled",
+        )
+    final = trial.subscriber.final(queued.message_id)
     assert (stopped.status, stopped.stopped, stopped.message) == (Status.COMPLETED, True, "")
     assert final["type"] == "message.completed" and final["message"]["stopped"], final
-    assert not problems, "\n".join(problems)
+    assert not trial.problems, "\n".join(trial.problems)
