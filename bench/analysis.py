@@ -232,7 +232,8 @@ def analyse_run(
     last_post = max(answers, default=0.0)
     amqp_messages = None if amqp is None else amqp.messages + accepted
     documents = None if writes is None else writes.documents
-    write_count = documents if documents is not None else writes and writes.commands
+    commands = None if writes is None else writes.commands
+    write_count = documents if documents is not None else commands
     return RunResult(
         conversations=load.conversations,
         tokens=load.tokens,

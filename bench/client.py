@@ -190,7 +190,7 @@ async def _http_post(api: Endpoint, path: str, body: bytes) -> tuple[int, bytes]
 async def _receive(websocket: ClientConnection, conversation: Conversation) -> dict[str, Any]:
     raw = await websocket.recv(decode=False)
     received_at = time.time()
-    event = orjson.loads(raw)
+    event: dict[str, Any] = orjson.loads(raw)
     conversation.frames.append(Frame(received_at, len(raw), event))
     return event
 

@@ -177,7 +177,11 @@ def listening_pid(port: int) -> int | None:
     """The process listening on 127.0.0.1:`port`, for a stack the bench did not start."""
     with contextlib.suppress(psutil.Error):
         for connection in psutil.net_connections("tcp"):
-            if connection.status == psutil.CONN_LISTEN and connection.laddr.port == port:
+            if (
+                connection.status == psutil.CONN_LISTEN
+                and connection.laddr
+                and connection.laddr.port == port
+            ):
                 return connection.pid
     return None
 
@@ -272,7 +276,7 @@ class Writes:
 
 class MongoWrites:
     def __init__(self, url: str, database: str) -> None:
-        self._client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=5000)
+        self._client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=5000)
         self._database = database
 
     def mark(self) -> WriteMark:
@@ -306,7 +310,8 @@ class MongoWrites:
     def _last_oplog(self) -> Timestamp | None:
         with contextlib.suppress(PyMongoError):
             for entry in self._client.local["oplog.rs"].find().sort("$natural", -1).limit(1):
-                return entry["ts"]
+                stamp: Timestamp = entry["ts"]
+                return stamp
         return None
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
@@ -30,7 +31,9 @@ SECANTUS = "secantusd-py"
 
 
 def mongo_reachable(url: str, timeout: float = 1.0) -> bool:
-    client: MongoClient = MongoClient(url, serverSelectionTimeoutMS=int(timeout * 1000))
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        url, serverSelectionTimeoutMS=int(timeout * 1000)
+    )
     try:
         client.admin.command("ping")
         return True

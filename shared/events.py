@@ -4,19 +4,19 @@ Deltas are the per-token hot path, so they travel as plain dicts encoded with or
 messages inside the other events are validated with `Message` when they are received.
 """
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Any, Final, Literal, NotRequired, TypedDict
 
 import orjson
 
 from shared.schemas import Message, Status
 
-SNAPSHOT = "snapshot"
-CREATED = "message.created"
-DELTA = "message.delta"
-UPDATED = "message.updated"
-COMPLETED = "message.completed"
-FAILED = "message.failed"
-CONVERSATION_DELETED = "conversation.deleted"
+SNAPSHOT: Final = "snapshot"
+CREATED: Final = "message.created"
+DELTA: Final = "message.delta"
+UPDATED: Final = "message.updated"
+COMPLETED: Final = "message.completed"
+FAILED: Final = "message.failed"
+CONVERSATION_DELETED: Final = "conversation.deleted"
 
 MessageEventType = Literal[
     "message.created", "message.updated", "message.completed", "message.failed"

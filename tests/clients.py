@@ -215,6 +215,13 @@ class Subscriber(Rebuilder):
             self.apply(orjson.loads(raw))
         return self
 
+    async def until_words(
+        self, message_id: str, count: int, timeout: float = DEFAULT_TIMEOUT
+    ) -> Message:
+        """Read until the message holds at least `count` of the mock's tokens."""
+        await self.until(lambda s: s.words(message_id) >= count, timeout, f"token {count}")
+        return self.messages[message_id]
+
     async def until_finished(self, message_id: str, timeout: float = DEFAULT_TIMEOUT) -> Message:
         await self.until(lambda s: s.is_finished(message_id), timeout, f"{message_id} to finish")
         return self.messages[message_id]

@@ -7,7 +7,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import httpx
 
@@ -19,15 +19,34 @@ T = TypeVar("T")
 DEFAULT_TIMEOUT = 20.0
 
 
+@overload
 async def eventually(
-    check: Callable[[], Awaitable[T] | T],
+    check: Callable[[], Awaitable[T | None]],
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+@overload
+async def eventually(
+    check: Callable[[], T | None],
+    timeout: float = ...,
+    interval: float = ...,
+    what: str = ...,
+) -> T: ...
+
+
+async def eventually(
+    check: Callable[[], Any],
     timeout: float = DEFAULT_TIMEOUT,
     interval: float = 0.05,
     what: str = "the condition",
-) -> T:
+) -> Any:
     """Poll `check` until it returns something truthy and return that, or fail at the deadline.
 
-    The failure names `what` and the last value seen, so a hung system fails with a reason.
+    `check` may be a plain function or a coroutine function. The failure names `what` and the
+    last value seen, so a hung system fails with a reason.
     """
     deadline = time.monotonic() + timeout
     last: Any = None

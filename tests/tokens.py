@@ -15,7 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 TEST_SECRET = "test-secret-for-the-suite-only-0123456789"
 
 
-def hs256(sub: str = "alice", secret: str = TEST_SECRET, ttl: float = 300, **claims: Any) -> str:
+def hs256(
+    sub: str | None = "alice", secret: str = TEST_SECRET, ttl: float = 300, **claims: Any
+) -> str:
     issued = time.time()
     payload = {"sub": sub, "iat": int(issued), "exp": int(issued + ttl), **claims}
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")

@@ -143,10 +143,10 @@ async def regenerate(
     if reply is None or question is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
     if reply.status not in FINISHED:
-        refusal = Busy(detail=f"reply {message_id} is still being written", messageId=reply.id)
+        refusal = Busy(detail=f"reply {message_id} is still being written", message_id=reply.id)
         return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
     turn = Turn(question, new_reply(question), owner, regenerate=True)
     await runtime.turns.commit(turn, None)
     return ChatAccepted(
-        conversationId=conversation_id, userMessageId=question.id, messageId=turn.reply.id
+        conversation_id=conversation_id, user_message_id=question.id, message_id=turn.reply.id
     )

@@ -22,11 +22,10 @@ import orjson
 from aio_pika.abc import AbstractQueue
 
 from services.api.keys import ConversationKey, key_of
-from services.api.live import LiveReplies, Version, version_of
+from services.api.live import LiveReplies, StoredMessages, Version, version_of
 from services.api.metrics import RELAY_BATCHES, RELAY_LAG
 from shared.broker import publish_lag
 from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch
-from shared.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +99,7 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, store: ConversationStore, capacity: int) -> None:
+    def __init__(self, store: StoredMessages, capacity: int) -> None:
         self.capacity = capacity
         self.replies = LiveReplies(store, self._send)
         self._subscribers: dict[ConversationKey, set[Subscriber]] = {}

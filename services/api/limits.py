@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, PyMongoError
+
+from shared.store.database import Database
 
 RATE_WINDOW = timedelta(minutes=1)
 SOCKET_HEARTBEAT_SECONDS = 30.0
@@ -47,7 +48,7 @@ class RateLimiter:
     instances admitting at once can never together go over.
     """
 
-    def __init__(self, database: AsyncDatabase, per_minute: int) -> None:
+    def __init__(self, database: Database, per_minute: int) -> None:
         self.collection = database["rate_limits"]
         self.per_minute = per_minute
 
@@ -103,7 +104,7 @@ class SocketRegistry:
 
     def __init__(
         self,
-        database: AsyncDatabase,
+        database: Database,
         limit: int,
         heartbeat_seconds: float = SOCKET_HEARTBEAT_SECONDS,
     ) -> None:

@@ -12,16 +12,24 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
 from services.api.keys import ConversationKey
 from shared.events import DELTA, FINISHED_EVENT, UPDATED
 from shared.schemas import Message, Status
-from shared.store.conversations import ConversationStore
 
 log = logging.getLogger(__name__)
+
+
+class StoredMessages(Protocol):
+    """The reads of MongoDB that snapshots and repairs need (a ConversationStore has them)."""
+
+    async def list_messages(self, conversation_id: str) -> list[Message]: ...
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+
 
 Version = tuple[int, int, int]
 """(attempt, finished, seq): rises with every change a client must see, retries included.
@@ -106,7 +114,7 @@ class Tail:
 class LiveReplies:
     """The tails of the replies in flight, and the repairs that fill their gaps from MongoDB."""
 
-    def __init__(self, store: ConversationStore, send: Send) -> None:
+    def __init__(self, store: StoredMessages, send: Send) -> None:
         self.store = store
         self._send = send
         self.tails: dict[str, Tail] = {}
@@ -194,7 +202,7 @@ class LiveReplies:
         """A reply first seen mid-stream; it takes its real state from MongoDB."""
         unknown = Message(
             id=delta["messageId"],
-            conversationId=delta["conversationId"],
+            conversation_id=delta["conversationId"],
             sender="assistant",
             message="",
             status=Status.CREATED,

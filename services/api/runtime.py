@@ -10,7 +10,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, AbstractRobustConnection
-from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.hub import Hub
 from services.api.turns import Turns
@@ -19,7 +18,7 @@ from shared.events import Event, encode_batch
 from shared.schemas import StopRequest
 from shared.settings import Settings
 from shared.store.conversations import ConversationStore
-from shared.store.database import connect, ping
+from shared.store.database import Database, connect, ping
 from shared.store.turns import TurnStore
 from shared.store.upgrade import summarise_old_conversations
 
@@ -28,7 +27,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Runtime:
-    database: AsyncDatabase
+    database: Database
     conversations: ConversationStore
     turn_store: TurnStore
     connection: AbstractRobustConnection

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pymongo import ASCENDING, DESCENDING, ReturnDocument
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import (
     FINISH_STOPPED,
@@ -20,6 +19,7 @@ from shared.schemas import (
     Status,
     iso_timestamp,
 )
+from shared.store.database import Database
 from shared.store.documents import (
     UNFINISHED_VALUES,
     conversation_key,
@@ -59,16 +59,16 @@ class Position(NamedTuple):
 
 def to_conversation(document: dict[str, Any]) -> Conversation:
     return Conversation(
-        conversationId=document["conversationId"],
+        conversation_id=document["conversationId"],
         title=document["title"],
-        createdAt=iso_timestamp(document["createdAt"]),
-        updatedAt=iso_timestamp(document["updatedAt"]),
-        messageCount=document["messageCount"],
+        created_at=iso_timestamp(document["createdAt"]),
+        updated_at=iso_timestamp(document["updatedAt"]),
+        message_count=document["messageCount"],
     )
 
 
 class ConversationStore:
-    def __init__(self, database: AsyncDatabase) -> None:
+    def __init__(self, database: Database) -> None:
         self.messages = messages_of(database)
         self.conversations = conversations_of(database)
 

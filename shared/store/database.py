@@ -2,21 +2,27 @@
 
 import asyncio
 import time
+from typing import Any
 
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import ConfigurationError, PyMongoError
 
 from shared.startup import DependencyUnavailable
 
+Document = dict[str, Any]
+Database = AsyncDatabase[Document]
+Collection = AsyncCollection[Document]
+
 SELECTION_TIMEOUT_MS = 3000
 """How long an operation waits for an unreachable MongoDB before failing (a 503 to users)."""
 
 
-async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
+async def connect(url: str, database: str, timeout: float) -> Database:
     """The database, once the server answers; a clear start-up error if it never does."""
     try:
-        client: AsyncMongoClient = AsyncMongoClient(
+        client: AsyncMongoClient[Document] = AsyncMongoClient(
             url, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, tz_aware=True
         )
     except ConfigurationError as error:
@@ -34,5 +40,5 @@ async def connect(url: str, database: str, timeout: float) -> AsyncDatabase:
                 raise DependencyUnavailable("MONGODB_URL", url, reason) from error
 
 
-async def ping(database: AsyncDatabase) -> None:
+async def ping(database: Database) -> None:
     await database.command("ping")

@@ -9,10 +9,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
-from pymongo.asynchronous.collection import AsyncCollection
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import UNFINISHED, Message
+from shared.store.database import Collection, Database
 
 MESSAGES = "messages"
 CONVERSATIONS = "conversations"
@@ -48,11 +47,11 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def messages_of(database: AsyncDatabase) -> AsyncCollection:
+def messages_of(database: Database) -> Collection:
     return database[MESSAGES]
 
 
-def conversations_of(database: AsyncDatabase) -> AsyncCollection:
+def conversations_of(database: Database) -> Collection:
     return database[CONVERSATIONS]
 
 
@@ -96,6 +95,6 @@ def with_parents(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return documents
 
 
-async def find_message(messages: AsyncCollection, query: dict[str, Any]) -> Message | None:
+async def find_message(messages: Collection, query: dict[str, Any]) -> Message | None:
     document = await messages.find_one(query)
     return None if document is None else Message.from_document(document)

@@ -10,9 +10,9 @@ from datetime import timedelta
 from typing import Any, Protocol
 
 from pymongo import ASCENDING, UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import Message, Status, Usage
+from shared.store.database import Database
 from shared.store.documents import (
     UNFINISHED_VALUES,
     find_message,
@@ -94,7 +94,7 @@ class Ending:
 
 
 class ReplyStore:
-    def __init__(self, database: AsyncDatabase) -> None:
+    def __init__(self, database: Database) -> None:
         self.messages = messages_of(database)
 
     async def ensure_indexes(self) -> None:

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from shared.schemas import Message
+from shared.store.database import Database
 from shared.store.documents import (
     LOCAL_OWNER,
     ORDER,
@@ -68,7 +68,7 @@ class Turn:
 
 
 class TurnStore:
-    def __init__(self, database: AsyncDatabase) -> None:
+    def __init__(self, database: Database) -> None:
         self.messages = messages_of(database)
         self.conversations = conversations_of(database)
 

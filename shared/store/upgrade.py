@@ -10,8 +10,8 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.store.database import Database
 from shared.store.documents import (
     LOCAL_OWNER,
     conversation_key,
@@ -22,7 +22,7 @@ from shared.store.turns import title_of
 
 log = logging.getLogger(__name__)
 
-SUMMARISE = [
+SUMMARISE: list[dict[str, Any]] = [
     {"$sort": {"conversationId": 1, "order": 1}},
     {
         "$group": {
@@ -39,7 +39,7 @@ SUMMARISE = [
 ]
 
 
-async def summarise_old_conversations(database: AsyncDatabase) -> None:
+async def summarise_old_conversations(database: Database) -> None:
     """Create the missing conversation documents, once: only while there are none at all."""
     conversations, messages = conversations_of(database), messages_of(database)
     if await conversations.find_one({}) is not None or await messages.find_one({}) is None:

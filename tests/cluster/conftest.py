@@ -4,7 +4,7 @@ The processes connect to different nodes (each gets RABBITMQ_URL with the nodes 
 order), exactly as a deployment over a cluster does; the shared broker on 5672 is not used.
 """
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -96,7 +96,9 @@ def cluster_stack(
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, the tail of every service and node log."""
     report = yield
     if report.failed and "cluster" in item.keywords:

@@ -2,8 +2,8 @@
 
 import contextlib
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 
@@ -39,13 +39,6 @@ async def clients(stack: FaultStack) -> AsyncIterator[tuple[list[ApiClient], Moc
         yield apis, MockProbe(mock_http)
 
 
-async def until(
-    check: Callable[[], Awaitable[object]], timeout: float, what: str, interval: float = 0.2
-) -> None:
-    """`eventually` for an async check (its signature does not type-check for coroutines)."""
-    await eventually(cast(Callable[[], Any], check), timeout, interval, what)
-
-
 async def readiness(api: ApiClient) -> int:
     """/readyz's status code, 0 if the API does not answer."""
     try:
@@ -61,7 +54,7 @@ async def readiness_is(apis: list[ApiClient], status: int, timeout: float) -> No
         async def answers(api: ApiClient = api) -> bool:
             return await readiness(api) == status
 
-        await until(answers, timeout, f"/readyz of {api.base_url} to say {status}")
+        await eventually(answers, timeout, 0.2, f"/readyz of {api.base_url} to say {status}")
 
 
 def unique(label: str) -> str:

@@ -15,7 +15,7 @@ from devstack.processes import Process
 from shared.schemas import ChatAccepted, Status
 from tests.faults.audit import Expect, ResultBook, whole_reply
 from tests.faults.broker_control import broker_down
-from tests.faults.clients import clients, readiness_is, until
+from tests.faults.clients import clients, readiness_is
 from tests.faults.stack import FaultStack, stack_fixture
 from tests.faults.trial import Trial, fault_trial
 from tests.helpers import ApiClient, eventually, expected_reply, prompt
@@ -59,7 +59,7 @@ async def growth(api: ApiClient, turns: list[ChatAccepted]) -> dict[str, bool]:
         return all(grown.values())
 
     with contextlib.suppress(AssertionError):
-        await until(all_grown, 5, "the replies to grow")
+        await eventually(all_grown, 5, 0.2, "the replies to grow")
     return grown
 
 

@@ -7,6 +7,7 @@ model twice or create a second reply.
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aio_pika
 import pytest
@@ -42,9 +43,9 @@ async def channel(stack: FaultStack) -> AsyncIterator[AbstractChannel]:
 
 def job_of(accepted: ChatAccepted) -> ChatJob:
     return ChatJob(
-        conversationId=accepted.conversation_id,
-        userMessageId=accepted.user_message_id,
-        messageId=accepted.message_id,
+        conversation_id=accepted.conversation_id,
+        user_message_id=accepted.user_message_id,
+        message_id=accepted.message_id,
     )
 
 
@@ -112,7 +113,7 @@ async def test_jobs_for_unknown_or_malformed_replies_do_not_stick(
 ) -> None:
     """A job for a reply that is not stored is acknowledged; an unreadable one dead-lettered."""
     await drained(stack)
-    ghost = ChatJob(conversationId=unique("ghost"), userMessageId="nobody", messageId="nothing")
+    ghost = ChatJob(conversation_id=unique("ghost"), user_message_id="nobody", message_id="nothing")
     await publish_job(channel, ghost)
     await channel.default_exchange.publish(
         aio_pika.Message(b"not a job", delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
@@ -215,7 +216,9 @@ async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
     assert not problems, "\n".join(problems)
 
 
-async def post_with_key(api: ApiClient, key: str, body: dict[str, str]) -> tuple[int, dict]:
+async def post_with_key(
+    api: ApiClient, key: str, body: dict[str, str]
+) -> tuple[int, dict[str, Any]]:
     response = await api.http.post("/chat", json=body, headers={"Idempotency-Key": key})
     return response.status_code, response.json()
 

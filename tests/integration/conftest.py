@@ -4,15 +4,15 @@ Everything is started once per session as OS processes and stopped at the end, e
 test fails; tests stay independent by using fresh conversation ids.
 """
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
 from devstack.stack import start_mock_model
+from shared.store.database import Database, Document
 from tests.helpers import ApiClient, MockClient
 from tests.infra import Broker, Deployment, deployment, mongodb_server, rabbitmq, service_env
 
@@ -21,6 +21,7 @@ MOCK_DELAY_MS = 2
 LAGGING_FLUSH_SECONDS = "5"
 MODEL_TIMEOUT_SECONDS = "3"
 LOG_TAIL_LINES = 15
+
 
 _log_dirs: list[Path] = []
 
@@ -108,9 +109,11 @@ async def mock(model_url: str) -> AsyncIterator[MockClient]:
 
 
 @pytest.fixture(scope="session")
-async def database(stack: Deployment) -> AsyncIterator[AsyncDatabase]:
+async def database(stack: Deployment) -> AsyncIterator[Database]:
     """Direct read access to the stack's database, to prove that nothing was stored."""
-    client: AsyncMongoClient = AsyncMongoClient(stack.mongodb_url, serverSelectionTimeoutMS=10_000)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(
+        stack.mongodb_url, serverSelectionTimeoutMS=10_000
+    )
     try:
         yield client[stack.mongodb_db]
     finally:
@@ -118,7 +121,9 @@ async def database(stack: Deployment) -> AsyncIterator[AsyncDatabase]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """On failure, show the tail of every service log: the processes' side of the story."""
     report = yield
     if report.failed:

@@ -1,14 +1,15 @@
 """DELETE /conversations/{id}: stopped, announced on every instance, gone from MongoDB for good."""
 
 import asyncio
+from typing import Any
 
 import aio_pika
 import pytest
-from pymongo.asynchronous.database import AsyncDatabase
 from websockets.exceptions import ConnectionClosed
 
 from shared import broker
 from shared.schemas import ChatJob
+from shared.store.database import Database
 from tests.clients import Subscriber
 from tests.helpers import (
     ApiClient,
@@ -21,7 +22,7 @@ from tests.helpers import (
 from tests.infra import Deployment
 
 
-async def _leftovers(database: AsyncDatabase, conversation_id: str) -> list[dict]:
+async def _leftovers(database: Database, conversation_id: str) -> list[dict[str, Any]]:
     """Every document of any collection that still names the conversation."""
     found = []
     for name in await database.list_collection_names():
@@ -40,7 +41,7 @@ async def _closed(subscriber: Subscriber) -> int | None:
 
 
 async def test_delete_during_a_stream_tells_every_instance_and_leaves_nothing(
-    api: ApiClient, api_b: ApiClient, database: AsyncDatabase, stack: Deployment
+    api: ApiClient, api_b: ApiClient, database: Database, stack: Deployment
 ) -> None:
     conversation_id = new_conversation_id()
     first, _ = await api.ask(prompt("earlier", tokens=2, delay_ms=0), conversation_id)
@@ -57,7 +58,7 @@ async def test_delete_during_a_stream_tells_every_instance_and_leaves_nothing(
         assert response.status_code == 204
         assert response.content == b""
         codes = await asyncio.gather(_closed(on_a), _closed(on_b))
-        assert codes == [1000, 1000]
+        assert list(codes) == [1000, 1000]
         for subscriber in (on_a, on_b):
             assert subscriber.deleted
             assert subscriber.events[-1] == {
@@ -85,7 +86,7 @@ async def test_delete_during_a_stream_tells_every_instance_and_leaves_nothing(
 
 
 async def test_a_job_redelivered_after_delete_is_acknowledged_and_dropped(
-    api: ApiClient, database: AsyncDatabase, stack: Deployment
+    api: ApiClient, database: Database, stack: Deployment
 ) -> None:
     vhost = stack.broker.vhost
     if vhost is None:
@@ -96,9 +97,9 @@ async def test_a_job_redelivered_after_delete_is_acknowledged_and_dropped(
     dead_before = await asyncio.to_thread(queue_stats, vhost, broker.DEAD_LETTER_QUEUE)
 
     job = ChatJob(
-        conversationId=conversation_id,
-        userMessageId=accepted.user_message_id,
-        messageId=accepted.message_id,
+        conversation_id=conversation_id,
+        user_message_id=accepted.user_message_id,
+        message_id=accepted.message_id,
     )
     connection = await aio_pika.connect(stack.broker.url)
     async with connection:

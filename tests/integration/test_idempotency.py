@@ -1,10 +1,10 @@
 """Idempotency-Key: a retry gets the first answer; a key reused for another request gets 422."""
 
 import uuid
-
-from pymongo.asynchronous.database import AsyncDatabase
+from typing import Any
 
 from shared.schemas import ChatAccepted
+from shared.store.database import Database
 from tests.helpers import ApiClient, new_conversation_id, prompt
 
 
@@ -12,13 +12,13 @@ def _key() -> str:
     return f"key-{uuid.uuid4().hex}"
 
 
-async def _post(api: ApiClient, key: str, body: dict[str, str]) -> tuple[int, dict]:
+async def _post(api: ApiClient, key: str, body: dict[str, str]) -> tuple[int, dict[str, Any]]:
     response = await api.http.post("/chat", json=body, headers={"Idempotency-Key": key})
     return response.status_code, response.json()
 
 
 async def test_a_key_reused_for_another_conversation_is_refused_and_leaks_nothing(
-    api: ApiClient, database: AsyncDatabase
+    api: ApiClient, database: Database
 ) -> None:
     """The issue's repro: Mallory reuses Alice's key and must get neither her ids nor a 202."""
     key = _key()
@@ -47,7 +47,7 @@ async def test_a_key_reused_for_another_conversation_is_refused_and_leaks_nothin
 
 
 async def test_a_key_reused_with_another_message_in_the_same_conversation_is_refused(
-    api: ApiClient, database: AsyncDatabase
+    api: ApiClient, database: Database
 ) -> None:
     key = _key()
     conversation_id = new_conversation_id()
@@ -63,7 +63,7 @@ async def test_a_key_reused_with_another_message_in_the_same_conversation_is_ref
 
 
 async def test_a_retried_request_gets_the_first_answer_on_any_instance(
-    api: ApiClient, api_b: ApiClient, database: AsyncDatabase
+    api: ApiClient, api_b: ApiClient, database: Database
 ) -> None:
     """Same key, same body: the first answer again, even for a new conversation (no id sent)."""
     key = _key()

@@ -20,7 +20,7 @@ async def test_late_joiners_on_both_instances_rebuild_the_exact_text(
         joiners: list[Subscriber] = []
         joined_mid_stream: list[int] = []
         for moment, client in ((5, api_b), (20, api), (35, api_b), (50, api)):
-            await observer.until(lambda s, n=moment: s.words(reply_id) >= n, what=f"token {moment}")
+            await observer.until_words(reply_id, moment)
             joiner = await stack.enter_async_context(
                 Subscriber.open(client.ws_url, conversation_id)
             )
@@ -72,7 +72,7 @@ async def test_joining_between_two_mongodb_writes_uses_the_live_tail(
         reply_id = accepted.message_id
         joiners: list[Subscriber] = []
         for moment in (15, 40, 70):
-            await observer.until(lambda s, n=moment: s.words(reply_id) >= n, what=f"token {moment}")
+            await observer.until_words(reply_id, moment)
             joiner = await stack.enter_async_context(Subscriber.open(api.ws_url, conversation_id))
             stored = await api.message(conversation_id, reply_id)
             joined = joiner.get(reply_id)

@@ -7,7 +7,6 @@ from datetime import timedelta
 
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
 from services.api.limits import (
     RATE_WINDOW,
@@ -17,17 +16,18 @@ from services.api.limits import (
     TooManySockets,
     now,
 )
+from shared.store.database import Database, Document
 
 PER_MINUTE = 5
 SOCKETS = 3
 
 
 @pytest.fixture
-async def databases(mongodb_url: str) -> AsyncIterator[tuple[AsyncDatabase, AsyncDatabase]]:
+async def databases(mongodb_url: str) -> AsyncIterator[tuple[Database, Database]]:
     """The same database through two clients, as two API instances see it."""
     name = f"limits_{uuid.uuid4().hex[:8]}"
-    first: AsyncMongoClient = AsyncMongoClient(mongodb_url, tz_aware=True)
-    second: AsyncMongoClient = AsyncMongoClient(mongodb_url, tz_aware=True)
+    first: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_url, tz_aware=True)
+    second: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_url, tz_aware=True)
     try:
         yield first[name], second[name]
     finally:
@@ -37,7 +37,7 @@ async def databases(mongodb_url: str) -> AsyncIterator[tuple[AsyncDatabase, Asyn
 
 
 async def test_the_rate_holds_across_instances(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     limiters = [RateLimiter(database, PER_MINUTE) for database in databases]
     await limiters[0].ensure_indexes()
@@ -51,7 +51,7 @@ async def test_the_rate_holds_across_instances(
 
 
 async def test_concurrent_requests_never_go_over(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     limiters = [RateLimiter(database, PER_MINUTE) for database in databases]
     results = await asyncio.gather(
@@ -65,7 +65,7 @@ async def test_concurrent_requests_never_go_over(
 
 
 async def test_the_minute_rolls_and_a_refund_frees_a_place(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     database = databases[0]
     limiter = RateLimiter(database, PER_MINUTE)
@@ -83,7 +83,7 @@ async def test_the_minute_rolls_and_a_refund_frees_a_place(
 
 
 async def test_websockets_per_user_across_instances(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     registries = [SocketRegistry(database, SOCKETS) for database in databases]
     await registries[0].ensure_indexes()
@@ -104,7 +104,7 @@ async def test_websockets_per_user_across_instances(
 
 
 async def test_sockets_of_a_dead_instance_stop_counting_when_their_lease_ends(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     database = databases[0]
     expired = [
@@ -117,18 +117,20 @@ async def test_sockets_of_a_dead_instance_stop_counting_when_their_lease_ends(
 
 
 async def test_open_sockets_have_their_leases_renewed(
-    databases: tuple[AsyncDatabase, AsyncDatabase],
+    databases: tuple[Database, Database],
 ) -> None:
     database = databases[0]
     registry = SocketRegistry(database, SOCKETS, heartbeat_seconds=0.05)
     renewer = asyncio.create_task(registry.renew_forever())
     try:
         async with registry.holding("hana"):
-            first = (await database["websockets"].find_one({"owner": "hana"}))["expiresAt"]
+            first = await database["websockets"].find_one({"owner": "hana"})
+            assert first is not None
             async with asyncio.timeout(10):
                 while True:
                     held = await database["websockets"].find_one({"owner": "hana"})
-                    if held["expiresAt"] > first:
+                    assert held is not None
+                    if held["expiresAt"] > first["expiresAt"]:
                         break
                     await asyncio.sleep(0.05)
     finally:

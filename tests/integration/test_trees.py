@@ -3,9 +3,9 @@
 from typing import Any
 
 import pytest
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.schemas import ChatAccepted, Message, Status
+from shared.store.database import Database
 from tests.helpers import ApiClient, MockClient, eventually, new_conversation_id, prompt
 
 TOKENS = 3
@@ -141,7 +141,7 @@ async def test_regenerate_refuses_what_it_cannot_regenerate(api: ApiClient, what
 
 
 async def test_a_parent_from_elsewhere_is_refused_and_stores_nothing(
-    api: ApiClient, database: AsyncDatabase
+    api: ApiClient, database: Database
 ) -> None:
     elsewhere, _ = await api.ask(prompt("elsewhere", tokens=TOKENS), new_conversation_id())
     conversation_id = new_conversation_id()

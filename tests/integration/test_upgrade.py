@@ -5,17 +5,17 @@ from collections.abc import AsyncIterator
 
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.database import AsyncDatabase
 
 from shared.store.conversations import ConversationStore
+from shared.store.database import Database, Document
 from shared.store.replies import ReplyStore
 from shared.store.upgrade import summarise_old_conversations
 
 
 @pytest.fixture
-async def old_database(mongodb_url: str) -> AsyncIterator[AsyncDatabase]:
+async def old_database(mongodb_url: str) -> AsyncIterator[Database]:
     """A database as an earlier version left it: messages without owner or parentId."""
-    client: AsyncMongoClient = AsyncMongoClient(mongodb_url, tz_aware=True)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(mongodb_url, tz_aware=True)
     database = client[f"chat_old_{uuid.uuid4().hex[:8]}"]
     base = {"conversationId": "old", "status": "completed", "seq": 1, "attempt": 1}
     await database["messages"].insert_many(
@@ -39,7 +39,7 @@ async def old_database(mongodb_url: str) -> AsyncIterator[AsyncDatabase]:
 
 
 async def test_old_conversations_are_listed_and_read_as_one_chain(
-    old_database: AsyncDatabase,
+    old_database: Database,
 ) -> None:
     await summarise_old_conversations(old_database)
     await summarise_old_conversations(old_database)  # a second start changes nothing

@@ -4,8 +4,8 @@ import json
 from typing import Any
 
 import pytest
-from pymongo.asynchronous.database import AsyncDatabase
 
+from shared.store.database import Database
 from tests.helpers import ApiClient, new_conversation_id, prompt
 
 LIMIT = 32_000
@@ -32,7 +32,7 @@ BAD_CONVERSATION_IDS: dict[str, Any] = {
 }
 
 
-async def _counts(database: AsyncDatabase) -> tuple[int, int]:
+async def _counts(database: Database) -> tuple[int, int]:
     """All conversations and messages in the stack's database; posts are the only inserts."""
     return (
         await database["conversations"].count_documents({}),
@@ -51,7 +51,7 @@ def _fields_named(response_json: dict[str, Any]) -> list[str]:
 
 @pytest.mark.parametrize("body", BAD_MESSAGES.values(), ids=BAD_MESSAGES.keys())
 async def test_bad_message_is_422_naming_message_and_stores_nothing(
-    api: ApiClient, database: AsyncDatabase, body: dict[str, Any]
+    api: ApiClient, database: Database, body: dict[str, Any]
 ) -> None:
     conversation_id = new_conversation_id()
     before = await _counts(database)
@@ -66,7 +66,7 @@ async def test_bad_message_is_422_naming_message_and_stores_nothing(
     "conversation_id", BAD_CONVERSATION_IDS.values(), ids=BAD_CONVERSATION_IDS.keys()
 )
 async def test_bad_conversation_id_is_422_naming_it_and_creates_nothing(
-    api: ApiClient, database: AsyncDatabase, conversation_id: Any
+    api: ApiClient, database: Database, conversation_id: Any
 ) -> None:
     before = await _counts(database)
     response = await api.http.post(
@@ -88,7 +88,7 @@ async def test_bad_conversation_id_is_422_naming_it_and_creates_nothing(
     ],
 )
 async def test_body_that_is_not_json_is_422(
-    api: ApiClient, database: AsyncDatabase, content: bytes, description: str
+    api: ApiClient, database: Database, content: bytes, description: str
 ) -> None:
     before = await _counts(database)
     response = await api.http.post(
@@ -103,7 +103,7 @@ async def test_body_that_is_not_json_is_422(
     "body", [[{"message": "hello"}], "hello", 42, None], ids=["array", "string", "number", "null"]
 )
 async def test_body_that_is_not_an_object_is_422(
-    api: ApiClient, database: AsyncDatabase, body: Any
+    api: ApiClient, database: Database, body: Any
 ) -> None:
     before = await _counts(database)
     response = await api.http.post(

@@ -61,7 +61,7 @@ async def test_a_valid_token_names_its_user_and_expiry() -> None:
         (hs256(sub=None), "missing_claim"),
         (hs256(sub="x" * 201), "invalid_subject"),
         (
-            jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, None, "none"),
+            jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "", "none"),
             "wrong_algorithm",
         ),
         (SigningKey.ec("k1").token(), "wrong_algorithm"),
@@ -171,7 +171,7 @@ async def test_an_unreachable_provider_is_unavailable_not_unauthorised() -> None
 
 
 def settings(**values: Any) -> Settings:
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 def test_open_mode_is_announced_loudly(caplog: pytest.LogCaptureFixture) -> None:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import REGISTRY
+from pydantic import SecretStr
 
 import services.api.metrics
 import services.responder.metrics
@@ -79,12 +80,14 @@ DEV_SECRET_DEFAULT = re.compile(r"^\$\{AUTH_JWT_SECRET:-(?P<secret>.+)\}$")
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    document: dict[str, Any] = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return document
 
 
 @pytest.fixture(scope="module")
 def services(compose: dict[str, Any]) -> dict[str, Any]:
-    return compose["services"]
+    services: dict[str, Any] = compose["services"]
+    return services
 
 
 def command(service: dict[str, Any]) -> list[str]:
@@ -144,7 +147,9 @@ def test_one_published_port_for_the_api_behind_the_proxy(services: dict[str, Any
 
 
 def nginx_conf(services: dict[str, Any]) -> str:
-    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in services["proxy"]["volumes"]}
+    mounts: dict[str, str] = {
+        volume.split(":")[1]: volume.split(":")[0] for volume in services["proxy"]["volumes"]
+    }
     source = ROOT / mounts["/etc/nginx/conf.d/default.conf"]
     return source.read_text()
 
@@ -219,7 +224,7 @@ def test_auth_is_on_with_a_development_secret_to_change(services: dict[str, Any]
     assert match, f"AUTH_JWT_SECRET should default to a development secret: {value}"
     secret = match["secret"]
     assert len(secret) >= 32, "HS256 needs at least 32 characters"
-    Settings(auth_jwt_secret=secret)  # accepted as it is
+    Settings(auth_jwt_secret=SecretStr(secret))  # accepted as it is
     readme = (ROOT / "README.md").read_text()
     assert secret in readme and "AUTH_JWT_SECRET=$(openssl rand -hex 32)" in readme
 
@@ -254,7 +259,9 @@ def test_monitoring_is_a_profile(services: dict[str, Any]) -> None:
 
 
 def mounted(service: dict[str, Any], target: str) -> Path:
-    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]}
+    mounts: dict[str, str] = {
+        volume.split(":")[1]: volume.split(":")[0] for volume in service["volumes"]
+    }
     return ROOT / mounts[target]
 
 

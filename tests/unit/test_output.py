@@ -17,7 +17,7 @@ class GatedExchange:
     """Records published batches; each publish waits until the test opens the gate."""
 
     def __init__(self) -> None:
-        self.batches: list[list[dict]] = []
+        self.batches: list[list[dict[str, Any]]] = []
         self.gate = asyncio.Event()
         self.gate.set()
         self.in_flight = asyncio.Event()
@@ -52,7 +52,7 @@ def reply(message_id: str = "r1") -> Draft:
     return Draft(message("assistant", "", Status.STREAMING, "c1", attempt=1, message_id=message_id))
 
 
-def deltas(batches: list[list[dict]]) -> list[dict]:
+def deltas(batches: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return [event for batch in batches for event in batch if event["type"] == "message.delta"]
 
 

@@ -7,7 +7,7 @@ tests use, so the contract's guarantee is checked here too.
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from typing import Any, cast
+from typing import Any
 
 import orjson
 import pytest
@@ -16,7 +16,6 @@ from services.api.hub import Hub, Subscriber
 from services.api.keys import ConversationKey
 from shared.events import delta_event, message_event
 from shared.schemas import Message, Status
-from shared.store.conversations import ConversationStore
 from tests.clients import Rebuilder
 from tests.factories import message
 
@@ -57,7 +56,7 @@ async def store() -> FakeStore:
 
 @pytest.fixture
 async def hub(store: FakeStore) -> AsyncIterator[Hub]:
-    running = Hub(cast(ConversationStore, store), capacity=64)
+    running = Hub(store, capacity=64)
     try:
         yield running
     finally:
@@ -329,7 +328,7 @@ async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
 async def test_a_subscriber_that_falls_too_far_behind_is_told_to_reconnect(
     store: FakeStore,
 ) -> None:
-    hub = Hub(cast(ConversationStore, store), capacity=16)
+    hub = Hub(store, capacity=16)
     async with hub.subscribe(KEY) as slow, hub.subscribe(KEY) as fast:
         await snapshot_of(slow)
         await snapshot_of(fast)

@@ -94,7 +94,7 @@ def test_from_document_maps_the_mongodb_id() -> None:
 
 
 def test_accepted_and_conversation_shapes_use_camel_case() -> None:
-    accepted = ChatAccepted(conversationId="c", userMessageId="u", messageId="m")
+    accepted = ChatAccepted(conversation_id="c", user_message_id="u", message_id="m")
     assert accepted.model_dump() == {
         "conversationId": "c",
         "userMessageId": "u",
@@ -102,6 +102,6 @@ def test_accepted_and_conversation_shapes_use_camel_case() -> None:
         "message": "Message received, AI is responding...",
         "status": "streaming",
     }
-    listing = ConversationMessages(conversationId="c", messages=[message()])
+    listing = ConversationMessages(conversation_id="c", messages=[message()])
     assert set(listing.model_dump()) == {"conversationId", "messages"}
     assert "from" in listing.model_dump()["messages"][0]

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from pydantic import SecretStr
 
 from services.api.auth import TokenVerifier
 from services.api.token import duration, mint
@@ -27,8 +28,11 @@ def test_bad_durations_are_refused(text: str) -> None:
 
 
 async def test_a_minted_token_carries_the_configured_issuer_and_audience() -> None:
-    settings = Settings(  # type: ignore[call-arg]
-        _env_file=None, auth_jwt_secret=TEST_SECRET, auth_issuer="dev", auth_audience="chat"
+    settings = Settings(
+        _env_file=None,
+        auth_jwt_secret=SecretStr(TEST_SECRET),
+        auth_issuer="dev",
+        auth_audience="chat",
     )
     token = mint(settings, "alice", 120)
     identity = await TokenVerifier(TEST_SECRET, "dev", "chat", 0).verify(token)
