@@ -4,10 +4,13 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException
 
 from services.api import conversations
+from services.api.errors import http_error, validation_failed
 from services.api.page import add_page
 from services.api.routes import router
 from services.api.runtime import Runtime
@@ -30,6 +33,8 @@ def create_app(runtime: Runtime) -> FastAPI:
     app.add_middleware(Telemetry)
     app.state.runtime = runtime
     app.add_exception_handler(PyMongoError, database_unavailable)
+    app.add_exception_handler(RequestValidationError, validation_failed)
+    app.add_exception_handler(HTTPException, http_error)
     app.include_router(router)
     app.include_router(conversations.router)
     app.add_api_route(
