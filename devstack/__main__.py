@@ -4,11 +4,16 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import urlsplit
+
+from pymongo.uri_parser import parse_uri
 
 from devstack.processes import ROOT, port_open
 from devstack.stack import Stack, mongo_reachable, start_mock_model, start_secantus
+from devstack.supervise import Supervisor
+from shared.redaction import redact
 from shared.settings import Settings
-from shared.startup import redact
 
 
 def main() -> None:
@@ -17,6 +22,16 @@ def main() -> None:
     parser.add_argument("--logs", type=Path, default=ROOT / ".local" / "logs")
     args = parser.parse_args()
     settings = Settings()
+    rabbit = settings.rabbitmq_url
+    try:
+        if not settings.mongodb_url.startswith("mongodb+srv://"):  # that one needs DNS
+            parse_uri(settings.mongodb_url)
+    except ValueError as error:  # pymongo's InvalidURI and ConfigurationError are ValueErrors
+        _malformed("MONGODB_URL", settings.mongodb_url, error)
+    try:
+        rabbit_nodes = [_host_port(url, 5672) for url in rabbit.split(",")]
+    except ValueError as error:
+        _malformed("RABBITMQ_URL", rabbit, error)
     stack = Stack(env={}, log_dir=args.logs)
     env = stack.env
 
@@ -31,8 +46,7 @@ def main() -> None:
         )
     env["MONGODB_URL"] = mongodb_url
 
-    rabbit = settings.rabbitmq_url
-    if not any(port_open(*_host_port(url, 5672)) for url in rabbit.split(",")):
+    if not any(port_open(host, port) for host, port in rabbit_nodes):
         sys.exit(
             f"devstack: error: no RabbitMQ at RABBITMQ_URL={redact(rabbit)}; "
             "start it or set RABBITMQ_URL"
@@ -58,12 +72,11 @@ def main() -> None:
         f"  curl -s -X POST {url}/chat -H 'content-type: application/json' "
         '-d \'{"message": "Hello!", "conversationId": "demo"}\'\n'
         f"  python -m websockets {ws_url}/conversations/demo/stream\n"
-        "Ctrl-C stops everything.",
+        "A process that dies is restarted. Ctrl-C stops everything.",
         flush=True,
     )
     try:
-        while True:
-            signal.pause()
+        Supervisor(stack.processes, lambda line: print(line, flush=True)).run()
     except KeyboardInterrupt:
         pass
     finally:
@@ -71,10 +84,12 @@ def main() -> None:
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:
-    from urllib.parse import urlsplit
-
-    parts = urlsplit(url)
+    parts = urlsplit(url.strip())
     return parts.hostname or "localhost", parts.port or default_port
+
+
+def _malformed(variable: str, url: str, error: ValueError) -> NoReturn:
+    sys.exit(f"devstack: error: {variable}={redact(url)} is not a valid URL ({error})")
 
 
 def _interrupt(signum: int, frame: object) -> None:

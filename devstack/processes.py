@@ -73,6 +73,11 @@ class Process:
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once it exited (negative: the signal that ended it), else None."""
+        return None if self.popen is None else self.popen.poll()
+
     def wait_ready(self, ready: Callable[[], bool], timeout: float = 30.0) -> "Process":
         def check() -> bool:
             if not self.running():

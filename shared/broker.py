@@ -20,8 +20,9 @@ from aio_pika.connection import make_url
 from aio_pika.exceptions import ChannelPreconditionFailed
 from aio_pika.robust_connection import RobustConnection
 
+from shared.redaction import redact
 from shared.schemas import ChatJob, StopRequest
-from shared.startup import DependencyUnavailable, StartupError, redact
+from shared.startup import DependencyUnavailable, StartupError
 
 CHAT_QUEUE = "chat-message"
 DEAD_LETTER_EXCHANGE = "chat-message.dead-letter"
@@ -30,7 +31,7 @@ EVENTS_EXCHANGE = "chat-events"
 CONTROL_EXCHANGE = "chat-control"
 # Quorum queues are replicated to a majority of the cluster's nodes and survive any minority
 # of them; on one node they behave like a durable classic queue.
-QUORUM = {"x-queue-type": "quorum"}
+QUORUM: dict[str, Any] = {"x-queue-type": "quorum"}
 # A job delivered this often (crashes, hand-backs) is a poison message: it is dead-lettered.
 # RabbitMQ 4's own default, made explicit so every version behaves alike.
 CHAT_DELIVERY_LIMIT = 20
@@ -48,7 +49,13 @@ def node_urls(setting: str) -> list[str]:
     """RABBITMQ_URL: one node's URL, or the nodes of one cluster separated by commas."""
     urls = [part.strip() for part in setting.split(",") if part.strip()]
     for url in urls or [setting]:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        except ValueError as error:
+            raise DependencyUnavailable(
+                "RABBITMQ_URL", setting, f"not a valid URL: {error}"
+            ) from None
         if parts.scheme not in ("amqp", "amqps") or not parts.hostname:
             raise DependencyUnavailable("RABBITMQ_URL", setting, "not an amqp://host/ URL")
     return urls
@@ -87,7 +94,7 @@ async def connect(setting: str, timeout: float) -> AbstractRobustConnection:
             await asyncio.wait_for(connection.connect(), remaining)
         except TimeoutError:
             failures.append(f"{redact(order[0])}: no answer within {remaining:.3g}s")
-        except (OSError, aio_pika.exceptions.AMQPError) as error:
+        except (OSError, ValueError, aio_pika.exceptions.AMQPError) as error:
             failures.append(f"{redact(order[0])}: {type(error).__name__}: {error}".rstrip(": "))
         else:
             await _check_chat_queue(connection)

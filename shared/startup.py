@@ -2,7 +2,8 @@
 
 import sys
 from collections.abc import Callable
-from urllib.parse import urlsplit, urlunsplit
+
+from shared.redaction import redact
 
 
 class StartupError(Exception):
@@ -15,17 +16,6 @@ class DependencyUnavailable(StartupError):
             cause if isinstance(cause, str) else f"{type(cause).__name__}: {cause}".rstrip(": ")
         )
         super().__init__(f"cannot reach {variable}={redact(url)} ({reason}); check {variable}")
-
-
-def redact(url: str) -> str:
-    """Hide the password of a connection string (or of each in a comma-separated list)."""
-    if "," in url:
-        return ",".join(redact(part) for part in url.split(","))
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 def run_service(name: str, main: Callable[[], None]) -> None:

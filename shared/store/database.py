@@ -25,7 +25,7 @@ async def connect(url: str, database: str, timeout: float) -> Database:
         client: AsyncMongoClient[Document] = AsyncMongoClient(
             url, serverSelectionTimeoutMS=SELECTION_TIMEOUT_MS, tz_aware=True
         )
-    except ConfigurationError as error:
+    except (ConfigurationError, ValueError) as error:
         raise DependencyUnavailable("MONGODB_URL", url, error) from error
     deadline = time.monotonic() + timeout
     while True:

@@ -1,6 +1,7 @@
 """Start-up with a dependency missing: one line on stderr naming the variable, no traceback."""
 
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -12,13 +13,15 @@ EXIT_DEADLINE = 30.0  # generous: the process must exit by itself, not be killed
 MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL")
 
 
-def _start(module: str, env: dict[str, str], unset: tuple[str, ...] = ()) -> tuple[int, str]:
+def _start(
+    module: str, env: dict[str, str], unset: tuple[str, ...] = (), args: tuple[str, ...] = ()
+) -> tuple[int, str]:
     """Run a service to its exit; returns its exit code and stderr."""
     environment = child_env(**env, STARTUP_TIMEOUT_SECONDS=STARTUP_TIMEOUT)
     for name in unset:
         environment.pop(name, None)
     completed = subprocess.run(
-        python_module(module),
+        python_module(module, *args),
         cwd=ROOT,
         env=environment,
         capture_output=True,
@@ -83,3 +86,23 @@ def test_malformed_mongodb_url_is_named(module: str, env: dict[str, str]) -> Non
 def test_malformed_rabbitmq_url_is_named(env: dict[str, str]) -> None:
     env["RABBITMQ_URL"] = "localhost:5672"  # the scheme forgotten
     _assert_one_line_naming("RABBITMQ_URL", *_start("services.api", env))
+
+
+MALFORMED = {
+    "MONGODB_URL": "mongodb://guest:s3cret-pw@[::1:1/",
+    "RABBITMQ_URL": "amqp://guest:s3cret-pw@[::1:1/",
+}
+
+
+@pytest.mark.parametrize("module", ["services.api", "services.responder", "devstack"])
+@pytest.mark.parametrize("variable", MALFORMED)
+def test_url_that_cannot_be_parsed_is_named_without_its_password(
+    module: str, variable: str, env: dict[str, str], tmp_path: Path
+) -> None:
+    """An unclosed IPv6 bracket: one line naming the variable, not a traceback of the parser."""
+    env[variable] = MALFORMED[variable]
+    code, stderr = _start(
+        module, env, args=("--logs", str(tmp_path)) if module == "devstack" else ()
+    )
+    _assert_one_line_naming(variable, code, stderr)
+    assert "s3cret-pw" not in stderr
