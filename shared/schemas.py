@@ -1,5 +1,6 @@
 """Message and request shapes of the wire contract, validated where data enters from outside."""
 
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -99,10 +100,28 @@ class Message(WireModel):
         return {**self.model_dump(mode="json", exclude_none=True), "parentId": self.parent_id}
 
 
-def _not_blank(text: str) -> str:
+NOT_ONLY_WHITESPACE = r"[^\t-\r\x1c- \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+"""A character that `str.strip()` keeps (`isspace()` is false): the "not only whitespace" rule as
+a JSON-schema `pattern` (unanchored: it must match somewhere), so clients and fuzzers see it."""
+
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _visible(text: str) -> str:
+    """Unicode text (JSON may carry a lone surrogate: no store can) that is not only whitespace."""
+    if LONE_SURROGATE.search(text):
+        raise ValueError("must be Unicode text: a lone surrogate (\\ud800-\\udfff) is not")
     if not text.strip():
         raise ValueError("must not be only whitespace")
     return text
+
+
+VISIBLE = (
+    AfterValidator(_visible),
+    Field(json_schema_extra={"pattern": NOT_ONLY_WHITESPACE}),
+)
+"""Not only whitespace: the rule in the schema as a pattern, checked by `_visible` for its clear
+message. Goes after the length constraints of the text it applies to."""
 
 
 MessageId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
@@ -110,9 +129,7 @@ IfBusy = Literal["enqueue", "reject", "interrupt"]
 
 
 class ChatRequest(WireModel):
-    message: Annotated[
-        str, StringConstraints(min_length=1, max_length=32_000), AfterValidator(_not_blank)
-    ]
+    message: Annotated[str, StringConstraints(min_length=1, max_length=32_000), *VISIBLE]
     conversation_id: ConversationId | None = Field(None, alias="conversationId")
     parent_id: MessageId | None = Field(
         None,
@@ -173,7 +190,7 @@ class StopRequest(WireModel):
     message_id: str = Field(alias="messageId")
 
 
-Title = Annotated[str, StringConstraints(min_length=1, max_length=200), AfterValidator(_not_blank)]
+Title = Annotated[str, StringConstraints(min_length=1, max_length=200), *VISIBLE]
 
 
 class Conversation(WireModel):

@@ -8,7 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.api.posting import new_reply, stop_replies
-from services.api.routes import VALIDATION_ERROR, ConversationIdPath, Owner, RuntimeDep
+from services.api.responses import DATABASE_UNAVAILABLE, error, invalid
+from services.api.routes import ConversationIdPath, MessageIdPath, Owner, RuntimeDep
 from shared.events import conversation_deleted_event
 from shared.schemas import (
     FINISHED,
@@ -17,20 +18,13 @@ from shared.schemas import (
     Conversation,
     ConversationPage,
     ConversationRename,
-    ErrorDetail,
 )
 from shared.store.conversations import Position
 from shared.store.turns import Turn
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = {404: {"model": ErrorDetail, "description": "No such conversation"}}
-
-
-def invalid(description: str) -> dict[int | str, dict[str, object]]:
-    """A documented 422 with FastAPI's own error shape, which names the field in `loc`."""
-    content = {"application/json": {"schema": VALIDATION_ERROR}}
-    return {422: {"description": description, "content": content}}
+NOT_FOUND = {**error(404, "No such conversation"), **DATABASE_UNAVAILABLE}
 
 
 router = APIRouter()
@@ -38,7 +32,10 @@ router = APIRouter()
 
 @router.get(
     "/conversations",
-    responses=invalid("`limit` out of range, or `before` not a cursor this API gave"),
+    responses={
+        **invalid("`limit` out of range, or `before` not a cursor this API gave"),
+        **DATABASE_UNAVAILABLE,
+    },
 )
 async def list_conversations(
     runtime: RuntimeDep,
@@ -125,15 +122,16 @@ async def delete_conversation(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ChatAccepted,
     responses={
-        404: {
-            "model": ErrorDetail,
-            "description": "No such assistant message in this conversation",
-        },
+        **error(404, "No such assistant message in this conversation"),
         409: {"model": Busy, "description": "That reply is not finished yet"},
+        **DATABASE_UNAVAILABLE,
     },
 )
 async def regenerate(
-    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep, owner: Owner
+    conversation_id: ConversationIdPath,
+    message_id: MessageIdPath,
+    runtime: RuntimeDep,
+    owner: Owner,
 ) -> ChatAccepted | JSONResponse:
     """A new reply to the same user message, beside the old one, with the same context."""
     reply = await runtime.conversations.get_message(conversation_id, message_id)

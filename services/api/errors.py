@@ -31,30 +31,31 @@ def printable(text: str) -> str:
 
 def preview(value: Any) -> Any:
     """What an error may repeat of a rejected value: at most INPUT_PREVIEW_CHARS of it."""
-    if isinstance(value, str):
-        text = printable(value)
-        return text if len(text) <= INPUT_PREVIEW_CHARS else text[:INPUT_PREVIEW_CHARS] + CUT
-    encoded = json.dumps(jsonable_encoder(value), ensure_ascii=False)
-    if len(encoded) <= INPUT_PREVIEW_CHARS:
-        return _printable_tree(jsonable_encoder(value))
-    return printable(encoded[:INPUT_PREVIEW_CHARS]) + CUT
+    shown = _printable_tree(value)
+    if isinstance(shown, str):
+        return shown if len(shown) <= INPUT_PREVIEW_CHARS else shown[:INPUT_PREVIEW_CHARS] + CUT
+    encoded = json.dumps(shown, ensure_ascii=False)
+    return shown if len(encoded) <= INPUT_PREVIEW_CHARS else encoded[:INPUT_PREVIEW_CHARS] + CUT
 
 
 def _printable_tree(value: Any) -> Any:
+    """`value` as JSON can carry it: bytes decoded, lone surrogates replaced, at any depth."""
+    if isinstance(value, bytes):
+        return printable(value.decode("utf-8", "replace"))
     if isinstance(value, str):
         return printable(value)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_printable_tree(item) for item in value]
     if isinstance(value, dict):
         return {printable(str(key)): _printable_tree(item) for key, item in value.items()}
-    return value
+    return jsonable_encoder(value)
 
 
 def validation_detail(errors: Sequence[Any]) -> list[dict[str, Any]]:
     """FastAPI's 422 `detail`, with each `input` cut down and every string encodable."""
     detail = []
     for error in errors:
-        shown = _printable_tree(jsonable_encoder({k: v for k, v in error.items() if k != "input"}))
+        shown = _printable_tree({key: value for key, value in error.items() if key != "input"})
         if "input" in error:
             shown["input"] = preview(error["input"])
         detail.append(shown)

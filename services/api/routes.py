@@ -16,6 +16,7 @@ from services.api.keys import ConversationKey
 from services.api.metrics import SUBSCRIBERS_DROPPED
 from services.api.owner import current_owner
 from services.api.posting import ConversationBusy, fingerprint, prepare_turn
+from services.api.responses import DATABASE_UNAVAILABLE, NOT_READY, Readiness, error, invalid
 from services.api.runtime import Runtime
 from services.api.stopping import stop_reply as stop_everywhere
 from services.api.turns import KeyTaken
@@ -41,12 +42,12 @@ async def get_runtime(connection: HTTPConnection) -> Runtime:
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ConversationIdPath = Annotated[str, Path(pattern=CONVERSATION_ID.pattern)]
+MessageIdPath = Annotated[str, Path(min_length=1, max_length=64)]
 Owner = Annotated[str, Depends(current_owner)]
 
 router = APIRouter()
 
 
-VALIDATION_ERROR = {"$ref": "#/components/schemas/HTTPValidationError"}
 KEY_REUSED = "this Idempotency-Key was used for a different request; send a new key"
 
 
@@ -61,12 +62,12 @@ KEY_REUSED = "this Idempotency-Key was used for a different request; send a new 
             "description": "`ifBusy: reject` and a reply of the conversation is unfinished "
             "(`messageId`); nothing is stored",
         },
-        422: {
-            "description": "A field is invalid (named in `loc`: also a `parentId` of another "
-            "conversation), or the `Idempotency-Key` was used before for a different request "
-            "(`loc` names the header); nothing is stored",
-            "content": {"application/json": {"schema": VALIDATION_ERROR}},
-        },
+        **invalid(
+            "A field is invalid (named in `loc`: also a `parentId` of another conversation), or "
+            "the `Idempotency-Key` was used before for a different request (`loc` names the "
+            "header); nothing is stored"
+        ),
+        **DATABASE_UNAVAILABLE,
     },
 )
 async def post_chat(
@@ -110,7 +111,14 @@ async def post_chat(
     )
 
 
-@router.get("/conversations/{conversation_id}/messages")
+@router.get(
+    "/conversations/{conversation_id}/messages",
+    responses={
+        **error(404, "No such conversation"),
+        **invalid("`conversationId` is not 1-64 of A-Z a-z 0-9 _ -"),
+        **DATABASE_UNAVAILABLE,
+    },
+)
 async def list_messages(
     conversation_id: ConversationIdPath, runtime: RuntimeDep
 ) -> ConversationMessages:
@@ -121,10 +129,16 @@ async def list_messages(
 
 
 @router.get(
-    "/conversations/{conversation_id}/messages/{message_id}", response_model_exclude_none=True
+    "/conversations/{conversation_id}/messages/{message_id}",
+    response_model_exclude_none=True,
+    responses={
+        **error(404, "No such message in this conversation"),
+        **invalid("`conversationId` or `messageId` is malformed"),
+        **DATABASE_UNAVAILABLE,
+    },
 )
 async def get_message(
-    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep
+    conversation_id: ConversationIdPath, message_id: MessageIdPath, runtime: RuntimeDep
 ) -> Message:
     message = await runtime.conversations.get_message(conversation_id, message_id)
     if message is None:
@@ -135,9 +149,14 @@ async def get_message(
 @router.post(
     "/conversations/{conversation_id}/messages/{message_id}/stop",
     response_model_exclude_none=True,
+    responses={
+        **error(404, "No such reply (an assistant message) in this conversation"),
+        **invalid("`conversationId` or `messageId` is malformed"),
+        **DATABASE_UNAVAILABLE,
+    },
 )
 async def stop_reply(
-    conversation_id: ConversationIdPath, message_id: str, runtime: RuntimeDep
+    conversation_id: ConversationIdPath, message_id: MessageIdPath, runtime: RuntimeDep
 ) -> Message:
     """Stop a reply wherever it is being written; its text so far is kept."""
     reply = await stop_everywhere(runtime, conversation_id, message_id)
@@ -151,7 +170,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get("/readyz", responses=NOT_READY, response_model=Readiness)
 async def readyz(runtime: RuntimeDep) -> JSONResponse:
     if await runtime.ready():
         return JSONResponse({"status": "ready"})
