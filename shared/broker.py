@@ -4,7 +4,7 @@ import asyncio
 import itertools
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -169,7 +169,13 @@ async def publish_job(channel: AbstractChannel, job: ChatJob) -> None:
     )
 
 
-async def publish_events(exchange: AbstractExchange, body: bytes) -> None:
+class EventSink(Protocol):
+    """Where event batches go: the fanout exchange (in unit tests, a recorder)."""
+
+    async def publish(self, message: aio_pika.Message, routing_key: str) -> object: ...
+
+
+async def publish_events(exchange: EventSink, body: bytes) -> None:
     """One batch of events, stamped with when it left, so the relay can measure its lag."""
     message = aio_pika.Message(
         body, content_type="application/json", headers={SENT_AT_HEADER: time.time_ns() // 1000}

@@ -4,6 +4,7 @@ Deltas are the per-token hot path, so they travel as plain dicts encoded with or
 messages inside the other events are validated with `Message` when they are received.
 """
 
+from collections.abc import Sequence
 from typing import Any, Final, Literal, NotRequired, TypedDict
 
 import orjson
@@ -81,7 +82,7 @@ def finished_event(message: Message) -> MessageEvent:
     return message_event(FINISHED_EVENT[message.status], message)
 
 
-def encode_batch(events: list[Event]) -> bytes:
+def encode_batch(events: Sequence[Event]) -> bytes:
     return orjson.dumps(events)
 
 

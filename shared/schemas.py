@@ -53,7 +53,7 @@ FINISH_STOPPED = "stopped"
 """`finishReason` of a reply ended by a stop request."""
 FINISH_ERROR = "error"
 """`finishReason` of a failed reply."""
-NOTHING_USED = Usage(promptTokens=0, completionTokens=0, totalTokens=0, estimated=True)
+NOTHING_USED = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0, estimated=True)
 """The usage of a reply stopped before the model was asked anything."""
 
 

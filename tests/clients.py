@@ -41,7 +41,7 @@ class Rebuilder:
         self.deleted = False
 
     def apply(self, frame: dict[str, Any]) -> None:
-        kind = frame.get("type")
+        kind: str = frame.get("type", "")
         if self.snapshot is None:
             assert kind == SNAPSHOT, f"the first frame must be the snapshot, got {frame}"
             assert frame["conversationId"] == self.conversation_id, frame

@@ -65,7 +65,7 @@ async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
     for reply in replies:
         stopped = await runtime.conversations.request_stop(reply.conversation_id, reply.id)
         if stopped is not None and stopped.status == Status.STREAMING:
-            request = StopRequest(conversationId=reply.conversation_id, messageId=reply.id)
+            request = StopRequest(conversation_id=reply.conversation_id, message_id=reply.id)
             await runtime.publish_stop(request)
 
 
@@ -74,7 +74,7 @@ def new_turn(owner: str, conversation_id: str, text: str, request_hash: str | No
     timestamp = utc_timestamp()
     user = Message(
         id=new_id(),
-        conversationId=conversation_id,
+        conversation_id=conversation_id,
         sender="user",
         message=text,
         status=Status.COMPLETED,

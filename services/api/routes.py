@@ -37,7 +37,8 @@ SLOW_CLIENT_CLOSE_SECONDS = 5.0
 
 
 async def get_runtime(connection: HTTPConnection) -> Runtime:
-    return connection.app.state.runtime
+    runtime: Runtime = connection.app.state.runtime
+    return runtime
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
@@ -92,7 +93,7 @@ async def post_chat(
         try:
             turn = await prepare_turn(runtime, owner, body, request_hash)
         except ConversationBusy as busy:
-            refusal = Busy(detail=str(busy), messageId=busy.reply_id)
+            refusal = Busy(detail=str(busy), message_id=busy.reply_id)
             return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
         try:
             await runtime.turns.commit(turn, idempotency_key)
@@ -105,9 +106,9 @@ async def post_chat(
         raise RequestValidationError([{**error, "msg": KEY_REUSED}])
     about_message(turn.reply.conversation_id, turn.reply.id)
     return ChatAccepted(
-        conversationId=turn.reply.conversation_id,
-        userMessageId=turn.user.id,
-        messageId=turn.reply.id,
+        conversation_id=turn.reply.conversation_id,
+        user_message_id=turn.user.id,
+        message_id=turn.reply.id,
     )
 
 
@@ -125,7 +126,7 @@ async def list_messages(
     if not await runtime.conversations.conversation_exists(conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     messages = await runtime.conversations.list_messages(conversation_id)
-    return ConversationMessages(conversationId=conversation_id, messages=messages)
+    return ConversationMessages(conversation_id=conversation_id, messages=messages)
 
 
 @router.get(

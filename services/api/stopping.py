@@ -29,7 +29,7 @@ async def stop_reply(runtime: Runtime, conversation_id: str, message_id: str) ->
             return None
         if reply.status == Status.STREAMING:
             await runtime.publish_stop(
-                StopRequest(conversationId=conversation_id, messageId=message_id)
+                StopRequest(conversation_id=conversation_id, message_id=message_id)
             )
             with contextlib.suppress(TimeoutError):  # then MongoDB has the last word
                 async with asyncio.timeout(STOP_WAIT_SECONDS):

@@ -126,9 +126,9 @@ class Turns:
 
 def job(turn: Turn) -> ChatJob:
     return ChatJob(
-        conversationId=turn.reply.conversation_id,
-        userMessageId=turn.user.id,
-        messageId=turn.reply.id,
+        conversation_id=turn.reply.conversation_id,
+        user_message_id=turn.user.id,
+        message_id=turn.reply.id,
     )
 
 

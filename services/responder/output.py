@@ -18,12 +18,11 @@ import logging
 from collections.abc import AsyncIterator
 from typing import Protocol
 
-from aio_pika.abc import AbstractExchange
 from tenacity import AsyncRetrying, before_sleep_log, stop_after_delay, wait_exponential
 
 from services.responder.draft import Draft, Progress
 from shared.batches import Batches
-from shared.broker import EVENTS_RESEND_SECONDS, publish_events
+from shared.broker import EVENTS_RESEND_SECONDS, EventSink, publish_events
 from shared.events import Event, MessageEvent, encode_batch
 from shared.tasks import background
 
@@ -37,9 +36,7 @@ class ProgressStore(Protocol):
 
 
 class ReplyOutput:
-    def __init__(
-        self, exchange: AbstractExchange, store: ProgressStore, store_interval: float
-    ) -> None:
+    def __init__(self, exchange: EventSink, store: ProgressStore, store_interval: float) -> None:
         self._exchange = exchange
         self._store = store
         self._store_interval = store_interval

@@ -25,9 +25,9 @@ def reported_usage(raw: dict[str, Any] | None) -> Usage | None:
         return None
     total = raw.get("total_tokens")
     return Usage(
-        promptTokens=prompt,
-        completionTokens=completion,
-        totalTokens=total if isinstance(total, int) else prompt + completion,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=total if isinstance(total, int) else prompt + completion,
         estimated=False,
     )
 
@@ -36,9 +36,9 @@ def estimated_usage(prompt_tokens: int, text: str, reasoning: str) -> Usage:
     """Our count for a reply the provider sent no usage for."""
     completion = count_tokens(text) + count_tokens(reasoning)
     return Usage(
-        promptTokens=prompt_tokens,
-        completionTokens=completion,
-        totalTokens=prompt_tokens + completion,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
         estimated=True,
     )
 

@@ -160,7 +160,8 @@ class Worker:
         history = await self._wait_turn(reply)
         settings = self.settings
         context = build_context(history, settings.system_prompt, settings.context_tokens)
-        for delay in poll_delays():
+        delays = poll_delays()
+        while True:
             if reply is None or reply.message.status in FINISHED:
                 return Settlement.ACK  # a redelivery of a reply already finished
             attempts = reply.message.attempt
@@ -171,7 +172,8 @@ class Worker:
                 reply, self.lease, context.tokens, self.model.model
             ):
                 break
-            await asyncio.sleep(delay)  # another responder holds it; wait for it or its lease
+            # another responder holds it: wait for it or for its lease to run out
+            await asyncio.sleep(next(delays))
             reply = await self.store.get_reply(request.message_id)
         job.reply_id = claimed.message.id
         if claimed.message.attempt > 1:

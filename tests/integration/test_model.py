@@ -21,9 +21,9 @@ def mock_usage(text: str, completion: int, reasoning: int = 0) -> Usage:
     """What the mock reports: the words of the request's messages, and the tokens it sent."""
     prompt_words = len(f"{SYSTEM_PROMPT} {text}".split())
     return Usage(
-        promptTokens=prompt_words,
-        completionTokens=completion + reasoning,
-        totalTokens=prompt_words + completion + reasoning,
+        prompt_tokens=prompt_words,
+        completion_tokens=completion + reasoning,
+        total_tokens=prompt_words + completion + reasoning,
         estimated=False,
     )
 
@@ -33,9 +33,9 @@ def estimate(text: str, reply: Message) -> Usage:
     prompt_tokens = 3 + count_tokens(SYSTEM_PROMPT) + 3 + count_tokens(text) + 3
     completion = count_tokens(reply.message) + count_tokens(reply.reasoning or "")
     return Usage(
-        promptTokens=prompt_tokens,
-        completionTokens=completion,
-        totalTokens=prompt_tokens + completion,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion,
+        total_tokens=prompt_tokens + completion,
         estimated=True,
     )
 
@@ -186,5 +186,7 @@ async def test_a_reply_stopped_before_it_started_used_nothing(api: ApiClient) ->
     reply = await api.finished(conversation_id, queued.message_id)
     assert (reply.status, reply.stopped, reply.message) == (Status.COMPLETED, True, "")
     assert reply.finish_reason == "stopped"
-    assert reply.usage == Usage(promptTokens=0, completionTokens=0, totalTokens=0, estimated=True)
+    assert reply.usage == Usage(
+        prompt_tokens=0, completion_tokens=0, total_tokens=0, estimated=True
+    )
     await api.finished(conversation_id, first.message_id)

@@ -34,7 +34,7 @@ async def test_extending_with_nothing_does_not_wake_the_consumer() -> None:
     batches: Batches[int] = Batches()
     batches.extend([])
     iterator = aiter(batches)
-    waiting = asyncio.create_task(anext(iterator))
+    waiting: asyncio.Future[list[int]] = asyncio.ensure_future(anext(iterator))
     await asyncio.sleep(0.01)
     assert not waiting.done()
     batches.add(7)

@@ -22,11 +22,13 @@ import yaml
 from prometheus_client import REGISTRY
 from pydantic import SecretStr
 
-import services.api.metrics
-import services.responder.metrics
+from services.api import metrics as api_metrics
+from services.responder import metrics as responder_metrics
 from shared.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+SERVICE_METRICS = (api_metrics, responder_metrics)
+"""Imported so that their metrics are in prometheus_client's REGISTRY."""
 ENTRYPOINT = ROOT / "scripts" / "docker-entrypoint"
 MOCK_PORT = 8100
 MOCK_COMMAND = ["python", "-m", "mock_openai", "--host", "0.0.0.0", "--port", str(MOCK_PORT)]

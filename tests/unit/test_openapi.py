@@ -16,7 +16,8 @@ from fastapi import FastAPI
 from pymongo.errors import ServerSelectionTimeoutError
 
 from services.api.app import create_app
-from shared.schemas import NOT_ONLY_WHITESPACE, ChatRequest
+from services.api.hub import Hub
+from shared.schemas import NOT_ONLY_WHITESPACE, ChatRequest, Message
 
 
 class DatabaseDown:
@@ -33,7 +34,10 @@ class DatabaseDown:
 
 
 class NothingStored:
-    """Any backend, any method: finds nothing (a list method, an empty list)."""
+    """Any backend, any method: finds nothing (a list method, an empty list); a real hub."""
+
+    def __init__(self) -> None:
+        self.hub = Hub(self, capacity=16)
 
     async def ready(self) -> bool:
         return True
@@ -43,6 +47,12 @@ class NothingStored:
 
     async def unfinished_replies(self, *args: Any) -> list[Any]:
         return []
+
+    async def list_messages(self, conversation_id: str) -> list[Message]:
+        return []
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        return None
 
     def __getattr__(self, name: str) -> "NothingStored":
         return self
