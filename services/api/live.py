@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from services.api.keys import ConversationKey
 from shared.events import DELTA, FINISHED_EVENT, UPDATED
+from shared.logs import about_message
 from shared.schemas import Message, Status
 
 log = logging.getLogger(__name__)
@@ -222,6 +223,7 @@ class LiveReplies:
 
     async def _repair(self, conversation_id: str, message_id: str) -> None:
         """Adopt MongoDB's state of a reply once it is ahead of ours, until no gap is left."""
+        about_message(conversation_id, message_id)  # this task's own context: its log lines
         delay, longest = REPAIR_POLL_SECONDS
         deadline = time.monotonic() + REPAIR_GIVE_UP_SECONDS
         while True:

@@ -10,6 +10,8 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
+import structlog
+
 from services.responder.metrics import count_finished
 from services.responder.output import ReplyOutput
 from services.responder.usage import given_up_ending
@@ -47,7 +49,10 @@ async def end_abandoned(
                 failed = await store.give_up(reply.message, ABANDONED, given_up_ending(reply))
                 if failed is not None:
                     count_finished(failed)
-                    log.warning("reply %s was abandoned; ended as failed", reply.message.id)
+                    with structlog.contextvars.bound_contextvars(
+                        conversationId=failed.conversation_id, messageId=failed.id
+                    ):
+                        log.warning("reply %s was abandoned; ended as failed", failed.id)
                     output.post(finished_event(failed))
         except Exception as error:
             log.warning("looking for abandoned replies failed: %s", error)
