@@ -426,6 +426,13 @@ def test_env_example_lists_every_setting_with_its_default() -> None:
             assert type(field.default)(value) == field.default, name
 
 
+def test_operations_doc_covers_every_setting() -> None:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    section = text[text.index("## Settings") : text.index("## Metrics")]
+    listed = set(re.findall(r"`([A-Z][A-Z0-9_]*)`", section))
+    assert listed >= SETTINGS_VARIABLES, sorted(SETTINGS_VARIABLES - listed)
+
+
 def test_readme_documents_every_setting() -> None:
     readme = (ROOT / "README.md").read_text()
     table = set(re.findall(r"^\| `([A-Z][A-Z0-9_]*)`", readme, flags=re.MULTILINE))
