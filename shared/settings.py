@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(20.0, ge=0)
     store_flush_seconds: float = Field(1.0, gt=0)
     subscriber_buffer: int = Field(4096, ge=16)
+    relay_deaf_seconds: float = Field(10.0, gt=0)
     ws_ping_seconds: float = Field(20.0, gt=0)
     startup_timeout_seconds: float = Field(10.0, gt=0)
 

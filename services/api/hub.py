@@ -10,6 +10,7 @@ A subscriber holds only a bounded queue of frames:
 
 A subscriber that falls more than `capacity` frames behind is dropped: its `overflowed` is set
 and its frames end, so one slow client never holds the others back nor grows the server.
+The hub also checks that it still hears the fanout (`services.api.hearing`), for readiness.
 """
 
 import asyncio
@@ -19,13 +20,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractQueue
 
+from services.api.hearing import Hearing
 from services.api.keys import ConversationKey, key_of
 from services.api.live import LiveReplies, StoredMessages, Version, version_of
 from services.api.metrics import RELAY_BATCHES, RELAY_LAG
+from shared import broker
 from shared.broker import publish_lag
-from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch
+from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch, encode_batch
 
 log = logging.getLogger(__name__)
 
@@ -99,21 +102,32 @@ class Subscriber:
 
 
 class Hub:
-    def __init__(self, store: StoredMessages, capacity: int) -> None:
+    def __init__(self, store: StoredMessages, capacity: int, deaf_after: float) -> None:
         self.capacity = capacity
         self.replies = LiveReplies(store, self._send)
+        self.hearing = Hearing(deaf_after)
         self._subscribers: dict[ConversationKey, set[Subscriber]] = {}
+        self._listener: asyncio.Task[None] | None = None
 
     @contextlib.asynccontextmanager
-    async def running(self, queue: AbstractQueue) -> AsyncIterator[None]:
-        """Listen to the fanout `queue` for the block; then stop listening and repairing."""
-        listener = asyncio.create_task(self._listen(queue))
+    async def running(self, queue: AbstractQueue, fanout: AbstractExchange) -> AsyncIterator[None]:
+        """Listen to `queue`, bound to the `fanout` exchange, for the block, checking that it
+        keeps hearing; then stop listening and repairing."""
+        self._listener = asyncio.create_task(self._listen(queue))
+        tasks = [self._listener, asyncio.create_task(self._keep_hearing(queue, fanout))]
         try:
             yield
         finally:
-            listener.cancel()
-            await asyncio.gather(listener, return_exceptions=True)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
+
+    @property
+    def hears(self) -> bool:
+        """The fanout consumer runs and the last probe came back in time: ready to relay."""
+        listening = self._listener is not None and not self._listener.done()
+        return listening and not self.hearing.deaf
 
     async def close(self) -> None:
         await self.replies.close()
@@ -158,11 +172,33 @@ class Hub:
 
     def resynchronise(self) -> None:
         """After a broker reconnection: catch up on what the fanout missed meanwhile."""
+        self.hearing.forget_probe()
         self.replies.resynchronise()
+
+    async def _keep_hearing(self, queue: AbstractQueue, fanout: AbstractExchange) -> None:
+        """Probe a silent fanout; if even the probe goes unheard, bind the queue to it anew.
+
+        Readiness fails first (`hears`), so clients go elsewhere while the hub re-subscribes.
+        """
+        hearing = self.hearing
+        while True:
+            await asyncio.sleep(hearing.probe_interval)
+            try:
+                if hearing.deaf_for_long:
+                    log.warning("the relay hears nothing, not even its probe: binding it anew")
+                    await fanout.declare()
+                    await queue.bind(fanout)
+                    self.resynchronise()
+                elif hearing.should_probe():
+                    hearing.probed()  # before publishing: the echo may come back at once
+                    await broker.publish_events(fanout, encode_batch([]))
+            except Exception as error:
+                log.warning("checking that the relay hears the fanout failed: %s", error)
 
     async def _listen(self, queue: AbstractQueue) -> None:
         async with queue.iterator(no_ack=True) as deliveries:
             async for delivery in deliveries:
+                self.hearing.heard()
                 RELAY_BATCHES.inc()
                 lag = publish_lag(delivery)
                 if lag is not None:

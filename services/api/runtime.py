@@ -55,7 +55,7 @@ class Runtime:
         await broker.declare_chat_queue(channel)
         live = await channel.declare_queue(exclusive=True, auto_delete=True)
         await live.bind(events)
-        hub = Hub(conversations, settings.subscriber_buffer)
+        hub = Hub(conversations, settings.subscriber_buffer, settings.relay_deaf_seconds)
         turns = Turns(turn_store, channel, events)
         return cls(
             database,
@@ -80,7 +80,10 @@ class Runtime:
             await broker.publish_stop(self.control, request)
 
     async def ready(self) -> bool:
+        """MongoDB answers, the broker is connected, and the relay hears the fanout."""
         if self.connection.is_closed or not self.connection.connected.is_set():
+            return False
+        if not self.hub.hears:
             return False
         try:
             async with asyncio.timeout(2.0):
@@ -92,7 +95,7 @@ class Runtime:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[None]:
         self.connection.reconnect_callbacks.add(self._reconnected)
-        async with self.hub.running(self.live), self.turns.running():
+        async with self.hub.running(self.live, self.events), self.turns.running():
             yield
         await self.connection.close()
         await self.database.client.close()

@@ -37,7 +37,7 @@ class NothingStored:
     """Any backend, any method: finds nothing (a list method, an empty list); a real hub."""
 
     def __init__(self) -> None:
-        self.hub = Hub(self, capacity=16)
+        self.hub = Hub(self, capacity=16, deaf_after=10.0)
 
     async def ready(self) -> bool:
         return True

@@ -56,7 +56,7 @@ async def store() -> FakeStore:
 
 @pytest.fixture
 async def hub(store: FakeStore) -> AsyncIterator[Hub]:
-    running = Hub(store, capacity=64)
+    running = Hub(store, capacity=64, deaf_after=10.0)
     try:
         yield running
     finally:
@@ -328,7 +328,7 @@ async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
 async def test_a_subscriber_that_falls_too_far_behind_is_told_to_reconnect(
     store: FakeStore,
 ) -> None:
-    hub = Hub(store, capacity=16)
+    hub = Hub(store, capacity=16, deaf_after=10.0)
     async with hub.subscribe(KEY) as slow, hub.subscribe(KEY) as fast:
         await snapshot_of(slow)
         await snapshot_of(fast)
