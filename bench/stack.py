@@ -11,7 +11,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from bench.probes import find_rabbitmq_pid, listening_pid
-from devstack.stack import Stack, Vhost, start_mock_model, start_secantus, with_vhost
+from devstack.stack import (
+    NO_USER_LIMITS,
+    Stack,
+    Vhost,
+    start_mock_model,
+    start_secantus,
+    with_vhost,
+)
 
 DATABASE = "bench"
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -56,6 +63,7 @@ def local_stack(
             OPENAI_BASE_URL=model_url,
             OPENAI_API_KEY="unused",
             OPENAI_MODEL="mock-model",
+            **NO_USER_LIMITS,
         )
         stack.env.update(service_env or {})
         responder = stack.start_responder(name="responder")

@@ -32,6 +32,7 @@ FINISHED_EVENT: dict[Status, MessageEventType] = {
 
 class DeltaEvent(TypedDict):
     type: Literal["message.delta"]
+    owner: str
     conversationId: str
     messageId: str
     seq: int
@@ -47,6 +48,7 @@ class MessageEvent(TypedDict):
 
 class ConversationDeletedEvent(TypedDict):
     type: Literal["conversation.deleted"]
+    owner: str
     conversationId: str
 
 
@@ -54,11 +56,21 @@ Event = DeltaEvent | MessageEvent | ConversationDeletedEvent
 
 
 def delta_event(
-    conversation_id: str, message_id: str, attempt: int, seq: int, text: str, reasoning: str = ""
+    owner: str,
+    conversation_id: str,
+    message_id: str,
+    attempt: int,
+    seq: int,
+    text: str,
+    reasoning: str = "",
 ) -> DeltaEvent:
-    """The next delta of a reply; `reasoning` only when this delta carries some."""
+    """The next delta of a reply; `reasoning` only when this delta carries some.
+
+    `owner` routes it to its user's subscribers only; clients are not sent it.
+    """
     event: DeltaEvent = {
         "type": DELTA,
+        "owner": owner,
         "conversationId": conversation_id,
         "messageId": message_id,
         "seq": seq,
@@ -74,8 +86,8 @@ def message_event(kind: MessageEventType, message: Message) -> MessageEvent:
     return {"type": kind, "message": message.to_wire()}
 
 
-def conversation_deleted_event(conversation_id: str) -> ConversationDeletedEvent:
-    return {"type": CONVERSATION_DELETED, "conversationId": conversation_id}
+def conversation_deleted_event(owner: str, conversation_id: str) -> ConversationDeletedEvent:
+    return {"type": CONVERSATION_DELETED, "owner": owner, "conversationId": conversation_id}
 
 
 def finished_event(message: Message) -> MessageEvent:

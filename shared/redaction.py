@@ -1,10 +1,9 @@
 """Secrets out of log lines: tokens in URLs and headers, passwords in connection strings.
 
-One function, `redact`, for any text about to be logged; `RedactSecrets` applies it to every
-record a logging handler emits (uvicorn's access log prints query strings, `access_token` too).
+One function, `redact`, for any text about to be logged (shared.logs applies it to every line;
+uvicorn's lines print query strings, `access_token` too).
 """
 
-import logging
 import re
 
 HIDDEN = "***"
@@ -27,19 +26,3 @@ def redact(text: str) -> str:
     for pattern in PATTERNS:
         text = pattern.sub(lambda match: match.group(1) + HIDDEN, text)
     return text
-
-
-class RedactSecrets(logging.Filter):
-    """A handler filter: redacts the message and its arguments, keeping their shape."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.msg, str):
-            record.msg = redact(record.msg)
-        if isinstance(record.args, tuple):
-            record.args = tuple(redact(arg) if isinstance(arg, str) else arg for arg in record.args)
-        elif isinstance(record.args, dict):
-            record.args = {
-                name: redact(arg) if isinstance(arg, str) else arg
-                for name, arg in record.args.items()
-            }
-        return True

@@ -8,6 +8,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 CONVERSATION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+LOCAL_OWNER = "local"
+"""The one user of an API without authentication, and the owner of documents stored before users."""
 ConversationId = Annotated[str, StringConstraints(pattern=CONVERSATION_ID_PATTERN)]
 
 
@@ -59,6 +61,7 @@ NOTHING_USED = Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0, estim
 
 class Message(WireModel):
     id: str
+    owner: str = Field(LOCAL_OWNER, description="The user (JWT `sub`) the conversation is of.")
     conversation_id: str = Field(alias="conversationId")
     sender: Literal["user", "assistant"] = Field(alias="from")
     message: str
@@ -178,6 +181,7 @@ class ConversationMessages(WireModel):
 class ChatJob(WireModel):
     """Body of a `chat-message`: which assistant message to write, in which conversation."""
 
+    owner: str = LOCAL_OWNER
     conversation_id: str = Field(alias="conversationId")
     user_message_id: str = Field(alias="userMessageId")
     message_id: str = Field(alias="messageId")
@@ -186,6 +190,7 @@ class ChatJob(WireModel):
 class StopRequest(WireModel):
     """Body of a control message: stop writing this reply, wherever it is being written."""
 
+    owner: str = LOCAL_OWNER
     conversation_id: str = Field(alias="conversationId")
     message_id: str = Field(alias="messageId")
 

@@ -18,6 +18,10 @@ class DependencyUnavailable(StartupError):
         super().__init__(f"cannot reach {variable}={redact(url)} ({reason}); check {variable}")
 
 
+class ConfigurationInvalid(StartupError):
+    """A setting the service cannot start with; the message names the variable."""
+
+
 def run_service(name: str, main: Callable[[], None]) -> None:
     try:
         main()

@@ -186,11 +186,17 @@ class Subscriber(Rebuilder):
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, ws_url: str, conversation_id: str, timeout: float = DEFAULT_TIMEOUT
+        cls,
+        ws_url: str,
+        conversation_id: str,
+        timeout: float = DEFAULT_TIMEOUT,
+        headers: dict[str, str] | None = None,
     ) -> AsyncIterator[Self]:
         """Connect and read the snapshot before handing the subscriber to the test."""
         url = f"{ws_url}/conversations/{conversation_id}/stream"
-        async with connect(url, max_size=None, open_timeout=timeout) as websocket:
+        async with connect(
+            url, max_size=None, open_timeout=timeout, additional_headers=headers
+        ) as websocket:
             subscriber = cls(websocket, conversation_id)
             await subscriber.until(lambda s: s.snapshot is not None, timeout, "the snapshot")
             yield subscriber

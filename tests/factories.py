@@ -2,7 +2,7 @@
 
 import itertools
 
-from shared.schemas import Message, Status
+from shared.schemas import LOCAL_OWNER, Message, Status
 
 _ids = itertools.count(1)
 
@@ -16,10 +16,12 @@ def message(
     attempt: int = 0,
     error: str | None = None,
     message_id: str | None = None,
+    owner: str = LOCAL_OWNER,
 ) -> Message:
     return Message.model_validate(
         {
             "id": message_id or f"m{next(_ids)}",
+            "owner": owner,
             "conversationId": conversation_id,
             "from": sender,
             "message": text,

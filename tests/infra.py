@@ -19,7 +19,15 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from devstack.processes import Process, port_open
-from devstack.stack import SECANTUS, Stack, Vhost, mongo_reachable, start_secantus, with_vhost
+from devstack.stack import (
+    NO_USER_LIMITS,
+    SECANTUS,
+    Stack,
+    Vhost,
+    mongo_reachable,
+    start_secantus,
+    with_vhost,
+)
 
 DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
 MONGO_IMAGE = "mongo:7"
@@ -135,6 +143,7 @@ def service_env(mongodb_url: str, broker: Broker, model_url: str) -> dict[str, s
         "OPENAI_API_KEY": "sk-test-not-a-real-key",
         "OPENAI_MODEL": "mock-model",
         "SYSTEM_PROMPT": SYSTEM_PROMPT,
+        **NO_USER_LIMITS,
     }
 
 

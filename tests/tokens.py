@@ -4,6 +4,7 @@ import contextlib
 import json
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,6 +14,25 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 TEST_SECRET = "test-secret-for-the-suite-only-0123456789"
+ISSUER = "https://id.chat.test"
+AUDIENCE = "chat-api"
+RATE_LIMIT = 5
+ACTIVE_REPLIES = 2
+WEBSOCKETS = 3
+BODY_LIMIT = 262144
+ALLOWED_ORIGIN = "https://app.chat.test"
+AUTH_ENV = {
+    "AUTH_JWT_SECRET": TEST_SECRET,
+    "AUTH_ISSUER": ISSUER,
+    "AUTH_AUDIENCE": AUDIENCE,
+    "RATE_LIMIT_PER_MINUTE": str(RATE_LIMIT),
+    "MAX_ACTIVE_REPLIES": str(ACTIVE_REPLIES),
+    "MAX_WEBSOCKETS": str(WEBSOCKETS),
+    "MAX_BODY_BYTES": str(BODY_LIMIT),
+    "CORS_ORIGINS": ALLOWED_ORIGIN,
+    "AUTH_LEEWAY_SECONDS": "1",
+}
+"""The authenticated test stack's settings (tests/integration/conftest.py `auth_stack`)."""
 
 
 def hs256(
@@ -21,6 +41,16 @@ def hs256(
     issued = time.time()
     payload = {"sub": sub, "iat": int(issued), "exp": int(issued + ttl), **claims}
     return jwt.encode({k: v for k, v in payload.items() if v is not None}, secret, "HS256")
+
+
+def user_token(sub: str, ttl: float = 300, **claims: Any) -> str:
+    """A token the authenticated test stack accepts for `sub`."""
+    return hs256(sub, ttl=ttl, **{"iss": ISSUER, "aud": AUDIENCE, **claims})
+
+
+def new_user() -> str:
+    """A fresh user per test: every limit is per user, so tests never share one."""
+    return f"user-{uuid.uuid4().hex[:12]}"
 
 
 @dataclass

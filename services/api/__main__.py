@@ -4,6 +4,7 @@ import uvicorn
 import uvloop
 
 from services.api.app import create_app
+from services.api.auth import verifier_from
 from services.api.runtime import Runtime
 from shared.logs import configure_logging
 from shared.settings import Settings, get_settings
@@ -11,9 +12,10 @@ from shared.startup import run_service
 
 
 async def serve(settings: Settings) -> None:
+    verifier = verifier_from(settings)  # a bad AUTH_* setting stops us before connecting
     runtime = await Runtime.open(settings)
     config = uvicorn.Config(
-        create_app(runtime),
+        create_app(runtime, settings, verifier),
         host=settings.api_host,
         port=settings.api_port,
         http="httptools",

@@ -18,11 +18,13 @@ from pydantic import BaseModel
 from starlette.requests import HTTPConnection
 
 from services.api.jwks import KeySet, KeysUnavailable, UnknownKey
+from shared.schemas import LOCAL_OWNER
 from shared.settings import Settings
+from shared.startup import ConfigurationInvalid
 
 log = logging.getLogger(__name__)
 
-OPEN_USER = "local"
+OPEN_USER = LOCAL_OWNER
 MIN_SECRET_LENGTH = 32
 MAX_SUBJECT_LENGTH = 200
 REALM = "chat"
@@ -54,10 +56,6 @@ class AuthErrorBody(BaseModel):
 
 class AuthUnavailable(Exception):
     """The identity provider's keys cannot be had right now: not the client's fault (503)."""
-
-
-class ConfigurationInvalid(Exception):
-    """A setting that the API cannot start with; the message names the variable."""
 
 
 MISSING = TokenRejected("missing_token", "no bearer token: send Authorization: Bearer <token>")
@@ -183,15 +181,20 @@ def verifier_from(settings: Settings) -> Verifier:
     elif settings.auth_jwks_url is not None:
         keys = KeySet(settings.auth_jwks_url, settings.auth_jwks_cache_seconds)
     else:
+        return OpenAccess()
+    return TokenVerifier(
+        keys, settings.auth_issuer, settings.auth_audience, settings.auth_leeway_seconds
+    )
+
+
+def warn_if_open(verifier: Verifier) -> None:
+    """Say loudly, once the API is up, that anyone reaching it is the one user."""
+    if verifier.open:
         log.warning(
             "AUTHENTICATION IS OFF: neither AUTH_JWT_SECRET nor AUTH_JWKS_URL is set, so anyone "
             "who reaches this API acts as the one user '%s'. Fine on a laptop; never expose it.",
             OPEN_USER,
         )
-        return OpenAccess()
-    return TokenVerifier(
-        keys, settings.auth_issuer, settings.auth_audience, settings.auth_leeway_seconds
-    )
 
 
 def bearer_token(connection: HTTPConnection) -> str | None:

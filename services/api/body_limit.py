@@ -2,15 +2,21 @@
 
 A declared `Content-Length` over the limit is refused before a byte of the body is read; a
 body that streams in without one (or lies about it) is counted chunk by chunk and refused the
-moment it goes over, so at most one chunk past the limit is ever held in memory.
+moment it goes over, so at most one chunk past the limit is ever held in memory. Then, like
+nginx's lingering close, a little more of it is read and thrown away before the connection
+closes, so that the client reads the 413 instead of a reset.
 """
 
+import asyncio
+import contextlib
 from typing import Any
 
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TOO_LARGE = 413
+LINGER_BYTES = 1024 * 1024
+LINGER_SECONDS = 1.0
 
 
 class BodySizeLimit:
@@ -25,6 +31,7 @@ class BodySizeLimit:
         declared = _content_length(scope)
         if declared is not None and declared > self.max_bytes:
             await self._refuse(send)
+            await _linger(receive)
             return
         received = 0
         refused = False
@@ -57,6 +64,8 @@ class BodySizeLimit:
         except Exception:
             if not refused:
                 raise  # the app's own failure; after a 413 it only failed to read the rest
+        if refused:
+            await _linger(receive)
 
     async def _refuse(self, send: Send) -> None:
         body = orjson.dumps({"detail": f"the request body is larger than {self.max_bytes} bytes"})
@@ -72,6 +81,18 @@ class BodySizeLimit:
             }
         )
         await send({"type": "http.response.body", "body": body})
+
+
+async def _linger(receive: Receive) -> None:
+    """Read and drop up to LINGER_BYTES more of a refused body, for LINGER_SECONDS at most."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(LINGER_SECONDS):
+            while dropped < LINGER_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body"):
+                    return
+                dropped += len(message.get("body", b""))
 
 
 def _content_length(scope: Scope) -> int | None:

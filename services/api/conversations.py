@@ -8,8 +8,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from services.api.posting import new_reply, stop_replies
-from services.api.responses import DATABASE_UNAVAILABLE, error, invalid
-from services.api.routes import ConversationIdPath, MessageIdPath, Owner, RuntimeDep
+from services.api.responses import PROTECTED, RATE_LIMITED, TOO_LARGE, error, invalid
+from services.api.routes import ConversationIdPath, MessageIdPath, Owner, RuntimeDep, UserLimits
 from shared.events import conversation_deleted_event
 from shared.schemas import (
     FINISHED,
@@ -24,7 +24,7 @@ from shared.store.turns import Turn
 
 log = logging.getLogger(__name__)
 
-NOT_FOUND = {**error(404, "No such conversation"), **DATABASE_UNAVAILABLE}
+NOT_FOUND = {**error(404, "No such conversation"), **PROTECTED}
 
 
 router = APIRouter()
@@ -34,7 +34,7 @@ router = APIRouter()
     "/conversations",
     responses={
         **invalid("`limit` out of range, or `before` not a cursor this API gave"),
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
     },
 )
 async def list_conversations(
@@ -77,6 +77,7 @@ async def get_conversation(
     "/conversations/{conversation_id}",
     responses={
         **NOT_FOUND,
+        **TOO_LARGE,
         **invalid("`title` missing, empty, only whitespace or over 200 characters"),
     },
 )
@@ -112,7 +113,7 @@ async def delete_conversation(
     if not await runtime.conversations.delete(owner, conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
     try:
-        await runtime.announce(conversation_deleted_event(conversation_id))
+        await runtime.announce(conversation_deleted_event(owner, conversation_id))
     except Exception as error:  # it is deleted all the same; its streams end when clients leave
         log.warning("announcing the deletion of %s failed: %s", conversation_id, error)
 
@@ -122,9 +123,11 @@ async def delete_conversation(
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ChatAccepted,
     responses={
+        **PROTECTED,
+        **RATE_LIMITED,
         **error(404, "No such assistant message in this conversation"),
         409: {"model": Busy, "description": "That reply is not finished yet"},
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
     },
 )
 async def regenerate(
@@ -132,9 +135,13 @@ async def regenerate(
     message_id: MessageIdPath,
     runtime: RuntimeDep,
     owner: Owner,
+    limits: UserLimits,
 ) -> ChatAccepted | JSONResponse:
-    """A new reply to the same user message, beside the old one, with the same context."""
-    reply = await runtime.conversations.get_message(conversation_id, message_id)
+    """A new reply to the same user message, beside the old one, with the same context.
+
+    Counts like `POST /chat` against the user's rate and active replies.
+    """
+    reply = await runtime.conversations.get_message(owner, conversation_id, message_id)
     question = None
     if reply is not None and reply.sender == "assistant":
         question = await runtime.conversations.question_of(reply)
@@ -144,7 +151,8 @@ async def regenerate(
         refusal = Busy(detail=f"reply {message_id} is still being written", message_id=reply.id)
         return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
     turn = Turn(question, new_reply(question), owner, regenerate=True)
-    await runtime.turns.commit(turn, None)
+    async with limits.new_reply(owner):
+        await runtime.turns.commit(turn, None)
     return ChatAccepted(
         conversation_id=conversation_id, user_message_id=question.id, message_id=turn.reply.id
     )

@@ -165,7 +165,7 @@ class Hub:
 
     def _conversation_deleted(self, event: dict[str, Any]) -> None:
         """Tell the conversation's subscribers it is gone, then close their streams (1000)."""
-        key = ConversationKey(event["conversationId"])
+        key = ConversationKey(event["owner"], event["conversationId"])
         frame = encode({"type": CONVERSATION_DELETED, "conversationId": key.conversation_id})
         for subscriber in self._subscribers.pop(key, set()):
             subscriber.last(frame, NORMAL_CLOSURE)

@@ -11,9 +11,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
+from shared.settings import Settings
 from shared.store.database import Database
+from shared.store.documents import UNFINISHED_VALUES, messages_of
 
 RATE_WINDOW = timedelta(minutes=1)
 SOCKET_HEARTBEAT_SECONDS = 30.0
@@ -152,3 +155,55 @@ class SocketRegistry:
             raise TooManySockets(f"more than {self.limit} WebSockets open")
         self.open_here.add(place)
         return place
+
+
+class TooManyActiveReplies(Exception):
+    """The user already has the most replies `created` or `streaming` that the limit allows."""
+
+
+class ActiveReplies:
+    """At most `limit` of a user's replies unfinished at once, counted in the messages."""
+
+    def __init__(self, database: Database, limit: int) -> None:
+        self.messages = messages_of(database)
+        self.limit = limit
+
+    async def ensure_indexes(self) -> None:
+        await self.messages.create_index([("owner", ASCENDING), ("status", ASCENDING)])
+
+    async def check(self, owner: str, adding: int = 1) -> None:
+        """Raise TooManyActiveReplies if `adding` more replies would go over the limit."""
+        unfinished = {"owner": owner, "from": "assistant", "status": {"$in": UNFINISHED_VALUES}}
+        if await self.messages.count_documents(unfinished, limit=self.limit) + adding > self.limit:
+            raise TooManyActiveReplies(f"{self.limit} replies are still being written")
+
+
+class Limits:
+    """Every per-user limit of the contract, on one database shared by all API instances."""
+
+    def __init__(self, database: Database, settings: Settings) -> None:
+        self.rate = RateLimiter(database, settings.rate_limit_per_minute)
+        self.replies = ActiveReplies(database, settings.max_active_replies)
+        self.sockets = SocketRegistry(database, settings.max_websockets)
+
+    async def ensure_indexes(self) -> None:
+        await self.rate.ensure_indexes()
+        await self.replies.ensure_indexes()
+        await self.sockets.ensure_indexes()
+
+    @contextlib.asynccontextmanager
+    async def new_reply(self, owner: str) -> AsyncIterator[None]:
+        """Admit one new reply of `owner` (rate, then active replies) for the body to store.
+
+        Raises RateLimited or TooManyActiveReplies. If anything refuses the request after
+        admission (its body raises), the admission is given back: a refused request counts
+        for nothing.
+        """
+        admitted = await self.rate.admit(owner)
+        try:
+            await self.replies.check(owner)
+            yield
+        except BaseException:
+            with contextlib.suppress(PyMongoError):
+                await self.rate.refund(admitted)
+            raise

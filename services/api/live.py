@@ -27,9 +27,11 @@ log = logging.getLogger(__name__)
 class StoredMessages(Protocol):
     """The reads of MongoDB that snapshots and repairs need (a ConversationStore has them)."""
 
-    async def list_messages(self, conversation_id: str) -> list[Message]: ...
+    async def list_messages(self, owner: str, conversation_id: str) -> list[Message]: ...
 
-    async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+    async def get_message(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None: ...
 
 
 Version = tuple[int, int, int]
@@ -124,7 +126,7 @@ class LiveReplies:
 
     async def snapshot(self, key: ConversationKey) -> list[dict[str, Any]]:
         """The conversation as stored, each reply brought up to its live tail if that is ahead."""
-        stored = await self.store.list_messages(key.conversation_id)
+        stored = await self.store.list_messages(key.owner, key.conversation_id)
         messages = []
         for message in stored:
             state = message.to_wire()
@@ -203,6 +205,7 @@ class LiveReplies:
         """A reply first seen mid-stream; it takes its real state from MongoDB."""
         unknown = Message(
             id=delta["messageId"],
+            owner=delta["owner"],
             conversation_id=delta["conversationId"],
             sender="assistant",
             message="",
@@ -217,18 +220,20 @@ class LiveReplies:
         if not tail.repairing:
             tail.repairing = True
             message = tail.message
-            task = asyncio.create_task(self._repair(message["conversationId"], message["id"]))
+            task = asyncio.create_task(
+                self._repair(message["owner"], message["conversationId"], message["id"])
+            )
             self._repairs.add(task)
             task.add_done_callback(self._repairs.discard)
 
-    async def _repair(self, conversation_id: str, message_id: str) -> None:
+    async def _repair(self, owner: str, conversation_id: str, message_id: str) -> None:
         """Adopt MongoDB's state of a reply once it is ahead of ours, until no gap is left."""
         about_message(conversation_id, message_id)  # this task's own context: its log lines
         delay, longest = REPAIR_POLL_SECONDS
         deadline = time.monotonic() + REPAIR_GIVE_UP_SECONDS
         while True:
             try:
-                stored = await self.store.get_message(conversation_id, message_id)
+                stored = await self.store.get_message(owner, conversation_id, message_id)
             except Exception as error:
                 log.warning("repairing reply %s from MongoDB failed: %s", message_id, error)
                 stored = None

@@ -1,10 +1,9 @@
 """Who is asking: the owner every conversation read or write is scoped to.
 
-Until users exist (contract "Users") the API runs open, with one user, `local`.
+The JWT `sub` of the request's bearer token (contract "Users"), or `local` when the API runs
+open; see `services.api.auth`.
 """
 
-from shared.store.documents import LOCAL_OWNER
+from services.api.auth import BearerUser
 
-
-async def current_owner() -> str:
-    return LOCAL_OWNER
+current_owner = BearerUser()

@@ -12,7 +12,7 @@ from fastapi.exceptions import RequestValidationError
 
 from services.api.runtime import Runtime
 from shared.schemas import ChatRequest, Message, Status, StopRequest, utc_timestamp
-from shared.store.documents import new_id
+from shared.store.documents import new_conversation_id, new_id
 from shared.store.turns import Turn
 
 
@@ -38,7 +38,7 @@ async def prepare_turn(
     Raises 404 for an unknown parent, 422 for a parent of another conversation, and
     `ConversationBusy` for `ifBusy: reject`; `interrupt` stops the replies in flight first.
     """
-    conversation_id = request.conversation_id or new_id()
+    conversation_id = request.conversation_id or new_conversation_id()
     turn = new_turn(owner, conversation_id, request.message, request_hash)
     turn.follows_latest = request.follows_latest
     if request.parent_id is not None:
@@ -63,9 +63,13 @@ async def prepare_turn(
 async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
     """Stop each reply through the stop path, without waiting: later replies wait for it."""
     for reply in replies:
-        stopped = await runtime.conversations.request_stop(reply.conversation_id, reply.id)
+        stopped = await runtime.conversations.request_stop(
+            reply.owner, reply.conversation_id, reply.id
+        )
         if stopped is not None and stopped.status == Status.STREAMING:
-            request = StopRequest(conversation_id=reply.conversation_id, message_id=reply.id)
+            request = StopRequest(
+                owner=reply.owner, conversation_id=reply.conversation_id, message_id=reply.id
+            )
             await runtime.publish_stop(request)
 
 
@@ -74,6 +78,7 @@ def new_turn(owner: str, conversation_id: str, text: str, request_hash: str | No
     timestamp = utc_timestamp()
     user = Message(
         id=new_id(),
+        owner=owner,
         conversation_id=conversation_id,
         sender="user",
         message=text,

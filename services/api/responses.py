@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from services.api.auth import AuthErrorBody
 from shared.schemas import ErrorDetail
 
 Responses = dict[int | str, dict[str, Any]]
@@ -33,3 +34,31 @@ def invalid(description: str) -> Responses:
 
 DATABASE_UNAVAILABLE = error(503, "MongoDB is unavailable: try again shortly")
 NOT_READY: Responses = {503: {"model": Readiness, "description": "MongoDB or RabbitMQ unreachable"}}
+
+UNAUTHORIZED: Responses = {
+    401: {
+        "model": AuthErrorBody,
+        "description": "No valid bearer token (not when the API runs open): `error` names what is "
+        "wrong (missing_token, malformed_token, bad_signature, expired_token, wrong_audience, "
+        "...); `WWW-Authenticate: Bearer` is set; nothing is stored",
+    }
+}
+KEYS_OR_DATABASE_UNAVAILABLE = error(
+    503, "MongoDB or the identity provider's keys are unavailable: try again shortly"
+)
+PROTECTED: Responses = {**UNAUTHORIZED, **KEYS_OR_DATABASE_UNAVAILABLE}
+"""Every route that needs a token."""
+TOO_LARGE = error(413, "The body is larger than MAX_BODY_BYTES; it was not read")
+RATE_LIMITED: Responses = {
+    429: {
+        "model": ErrorDetail,
+        "description": "Over RATE_LIMIT_PER_MINUTE (with `Retry-After`, in seconds) or over "
+        "MAX_ACTIVE_REPLIES; nothing is stored",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the rate limit admits a request again",
+                "schema": {"type": "integer"},
+            }
+        },
+    }
+}

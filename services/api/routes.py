@@ -8,15 +8,34 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, HTTPException, Path, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pymongo.errors import PyMongoError
 from starlette.requests import HTTPConnection
 from starlette.websockets import WebSocket
 
+from services.api.auth import (
+    AuthUnavailable,
+    Identity,
+    TokenRejected,
+    identify,
+    seconds_left,
+    unauthorized,
+)
 from services.api.hub import Subscriber
 from services.api.keys import ConversationKey
+from services.api.limits import Limits, TooManySockets
 from services.api.metrics import SUBSCRIBERS_DROPPED
+from services.api.origins import websocket_origin_allowed
 from services.api.owner import current_owner
 from services.api.posting import ConversationBusy, fingerprint, prepare_turn
-from services.api.responses import DATABASE_UNAVAILABLE, NOT_READY, Readiness, error, invalid
+from services.api.responses import (
+    NOT_READY,
+    PROTECTED,
+    RATE_LIMITED,
+    TOO_LARGE,
+    Readiness,
+    error,
+    invalid,
+)
 from services.api.runtime import Runtime
 from services.api.stopping import stop_reply as stop_everywhere
 from services.api.turns import KeyTaken
@@ -33,6 +52,9 @@ from shared.schemas import (
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 TRY_AGAIN_LATER = 1013
+POLICY_VIOLATION = 1008
+INTERNAL_ERROR = 1011
+TOKEN_EXPIRED = 4401
 SLOW_CLIENT_CLOSE_SECONDS = 5.0
 
 
@@ -45,6 +67,14 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 ConversationIdPath = Annotated[str, Path(pattern=CONVERSATION_ID.pattern)]
 MessageIdPath = Annotated[str, Path(min_length=1, max_length=64)]
 Owner = Annotated[str, Depends(current_owner)]
+
+
+async def get_limits(connection: HTTPConnection) -> Limits:
+    limits: Limits = connection.app.state.limits
+    return limits
+
+
+UserLimits = Annotated[Limits, Depends(get_limits)]
 
 router = APIRouter()
 
@@ -68,13 +98,16 @@ KEY_REUSED = "this Idempotency-Key was used for a different request; send a new 
             "the `Idempotency-Key` was used before for a different request (`loc` names the "
             "header); nothing is stored"
         ),
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
+        **TOO_LARGE,
+        **RATE_LIMITED,
     },
 )
 async def post_chat(
     body: ChatRequest,
     runtime: RuntimeDep,
     owner: Owner,
+    limits: UserLimits,
     idempotency_key: Annotated[str | None, Header(min_length=1, max_length=200)] = None,
 ) -> ChatAccepted | JSONResponse:
     """Store the message and its reply's placeholder, then queue the reply.
@@ -91,12 +124,12 @@ async def post_chat(
         turn = await runtime.turn_store.find_turn(owner, idempotency_key)
     if turn is None:
         try:
-            turn = await prepare_turn(runtime, owner, body, request_hash)
+            async with limits.new_reply(owner):
+                turn = await prepare_turn(runtime, owner, body, request_hash)
+                await runtime.turns.commit(turn, idempotency_key)
         except ConversationBusy as busy:
             refusal = Busy(detail=str(busy), message_id=busy.reply_id)
             return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
-        try:
-            await runtime.turns.commit(turn, idempotency_key)
         except KeyTaken:
             turn = await runtime.turn_store.find_turn(owner, idempotency_key or "")
             if turn is None:
@@ -117,15 +150,15 @@ async def post_chat(
     responses={
         **error(404, "No such conversation"),
         **invalid("`conversationId` is not 1-64 of A-Z a-z 0-9 _ -"),
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
     },
 )
 async def list_messages(
-    conversation_id: ConversationIdPath, runtime: RuntimeDep
+    conversation_id: ConversationIdPath, runtime: RuntimeDep, owner: Owner
 ) -> ConversationMessages:
-    if not await runtime.conversations.conversation_exists(conversation_id):
+    if not await runtime.conversations.conversation_exists(owner, conversation_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"conversation {conversation_id} not found")
-    messages = await runtime.conversations.list_messages(conversation_id)
+    messages = await runtime.conversations.list_messages(owner, conversation_id)
     return ConversationMessages(conversation_id=conversation_id, messages=messages)
 
 
@@ -135,13 +168,16 @@ async def list_messages(
     responses={
         **error(404, "No such message in this conversation"),
         **invalid("`conversationId` or `messageId` is malformed"),
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
     },
 )
 async def get_message(
-    conversation_id: ConversationIdPath, message_id: MessageIdPath, runtime: RuntimeDep
+    conversation_id: ConversationIdPath,
+    message_id: MessageIdPath,
+    runtime: RuntimeDep,
+    owner: Owner,
 ) -> Message:
-    message = await runtime.conversations.get_message(conversation_id, message_id)
+    message = await runtime.conversations.get_message(owner, conversation_id, message_id)
     if message is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"message {message_id} not found")
     return message
@@ -153,14 +189,17 @@ async def get_message(
     responses={
         **error(404, "No such reply (an assistant message) in this conversation"),
         **invalid("`conversationId` or `messageId` is malformed"),
-        **DATABASE_UNAVAILABLE,
+        **PROTECTED,
     },
 )
 async def stop_reply(
-    conversation_id: ConversationIdPath, message_id: MessageIdPath, runtime: RuntimeDep
+    conversation_id: ConversationIdPath,
+    message_id: MessageIdPath,
+    runtime: RuntimeDep,
+    owner: Owner,
 ) -> Message:
     """Stop a reply wherever it is being written; its text so far is kept."""
-    reply = await stop_everywhere(runtime, conversation_id, message_id)
+    reply = await stop_everywhere(runtime, owner, conversation_id, message_id)
     if reply is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"reply {message_id} not found")
     return reply
@@ -179,36 +218,90 @@ async def readyz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.websocket("/conversations/{conversation_id}/stream")
-async def stream(websocket: WebSocket, conversation_id: str, runtime: RuntimeDep) -> None:
-    """Snapshot first, then every change to the conversation, in order."""
+async def stream(
+    websocket: WebSocket, conversation_id: str, runtime: RuntimeDep, limits: UserLimits
+) -> None:
+    """Snapshot first, then every change to the conversation, in order.
+
+    Refused before any frame: a foreign `Origin` (HTTP 403), no valid token (HTTP 401, or
+    close 4401 where the server cannot answer a handshake with HTTP), too many of the user's
+    streams open (close 1008). A token that expires while connected closes it with 4401.
+    """
+    if not websocket_origin_allowed(websocket, websocket.app.state.cors_origins):
+        forbidden = {"detail": "this Origin may not open streams (CORS_ORIGINS)"}
+        await _refuse(websocket, JSONResponse(forbidden, 403), POLICY_VIOLATION)
+        return
+    try:
+        identity = await identify(websocket)
+    except TokenRejected as rejection:
+        await _refuse(websocket, unauthorized(rejection), TOKEN_EXPIRED)
+        return
+    except AuthUnavailable:
+        unavailable = {"detail": "the identity provider's keys are unavailable; try again shortly"}
+        await _refuse(websocket, JSONResponse(unavailable, 503), INTERNAL_ERROR)
+        return
     if not CONVERSATION_ID.match(conversation_id):
         await websocket.close(code=1008, reason="conversationId must be 1-64 of A-Z a-z 0-9 _ -")
         return
-    await websocket.accept()
-    async with runtime.hub.subscribe(ConversationKey(conversation_id)) as events:
-        await _relay(events, websocket)
-    if events.overflowed.is_set():
-        SUBSCRIBERS_DROPPED.inc()
-        await _drop_slow_client(websocket, runtime.hub.capacity)
-    elif events.close_code is not None:
-        with contextlib.suppress(Exception):  # the client may have left meanwhile
-            await websocket.close(code=events.close_code)
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            await held.enter_async_context(limits.sockets.holding(identity.user))
+        except TooManySockets as error:
+            await websocket.accept()
+            await websocket.close(code=POLICY_VIOLATION, reason=str(error))
+            return
+        except PyMongoError:
+            unavailable = {"detail": "the database is unavailable; try again shortly"}
+            await _refuse(websocket, JSONResponse(unavailable, 503), INTERNAL_ERROR)
+            return
+        await websocket.accept()
+        key = ConversationKey(identity.user, conversation_id)
+        async with runtime.hub.subscribe(key) as events:
+            expired = await _relay(events, websocket, identity)
+        if expired:
+            await _close(websocket, TOKEN_EXPIRED, "the token expired; reconnect with a new one")
+        elif events.overflowed.is_set():
+            SUBSCRIBERS_DROPPED.inc()
+            await _drop_slow_client(websocket, runtime.hub.capacity)
+        elif events.close_code is not None:
+            with contextlib.suppress(Exception):  # the client may have left meanwhile
+                await websocket.close(code=events.close_code)
 
 
-async def _relay(events: Subscriber, websocket: WebSocket) -> None:
-    """Send the client its frames until it leaves or falls too far behind.
+async def _refuse(websocket: WebSocket, response: JSONResponse, close_code: int) -> None:
+    """Answer the handshake with an HTTP error, or close before any frame if HTTP cannot be."""
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.accept()
+        await websocket.close(code=close_code)
 
-    A client that stops reading blocks its send; its overflow still ends the relay.
+
+async def _relay(events: Subscriber, websocket: WebSocket, identity: Identity) -> bool:
+    """Send the client its frames until it leaves, falls too far behind or its token expires.
+
+    A client that stops reading blocks its send; its overflow still ends the relay. Returns
+    whether the token expired.
     """
     tasks = {
         asyncio.create_task(_forward(events, websocket)),
         asyncio.create_task(_closed_by_client(websocket)),
         asyncio.create_task(events.overflowed.wait()),
     }
-    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    left = seconds_left(identity)
+    expiry = asyncio.create_task(asyncio.sleep(left if left is not None else float("inf")))
+    tasks.add(expiry)
+    done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)  # a send to a client that has left
+    return expiry in done
+
+
+async def _close(websocket: WebSocket, code: int, reason: str) -> None:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(SLOW_CLIENT_CLOSE_SECONDS):
+            await websocket.close(code=code, reason=reason)
 
 
 async def _drop_slow_client(websocket: WebSocket, capacity: int) -> None:
@@ -217,10 +310,7 @@ async def _drop_slow_client(websocket: WebSocket, capacity: int) -> None:
     A client that reads nothing at all never takes the close frame; then the server just lets
     go of it, and its socket closes once the kernel has handed over what is buffered.
     """
-    reason = f"fell more than {capacity} events behind; reconnect"
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(SLOW_CLIENT_CLOSE_SECONDS):
-            await websocket.close(code=TRY_AGAIN_LATER, reason=reason)
+    await _close(websocket, TRY_AGAIN_LATER, f"fell more than {capacity} events behind; reconnect")
 
 
 async def _forward(events: Subscriber, websocket: WebSocket) -> None:

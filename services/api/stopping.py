@@ -21,22 +21,24 @@ STOP_WAIT_SECONDS = 5.0
 FINAL_EVENTS = (COMPLETED, FAILED)
 
 
-async def stop_reply(runtime: Runtime, conversation_id: str, message_id: str) -> Message | None:
-    """The reply once stopped (or as it is after the wait); None if there is no such reply."""
-    async with runtime.hub.subscribe(ConversationKey(conversation_id)) as subscription:
-        reply = await runtime.conversations.request_stop(conversation_id, message_id)
+async def stop_reply(
+    runtime: Runtime, owner: str, conversation_id: str, message_id: str
+) -> Message | None:
+    """The reply once stopped (or as it is after the wait); None if the owner has no such reply."""
+    async with runtime.hub.subscribe(ConversationKey(owner, conversation_id)) as subscription:
+        reply = await runtime.conversations.request_stop(owner, conversation_id, message_id)
         if reply is None or reply.sender != "assistant":
             return None
         if reply.status == Status.STREAMING:
             await runtime.publish_stop(
-                StopRequest(conversation_id=conversation_id, message_id=message_id)
+                StopRequest(owner=owner, conversation_id=conversation_id, message_id=message_id)
             )
             with contextlib.suppress(TimeoutError):  # then MongoDB has the last word
                 async with asyncio.timeout(STOP_WAIT_SECONDS):
                     async for frame in subscription:  # ends early if the relay drops us
                         if (final := _final(frame, message_id)) is not None:
                             return final
-            stored = await runtime.conversations.get_message(conversation_id, message_id)
+            stored = await runtime.conversations.get_message(owner, conversation_id, message_id)
             return stored or reply
     if reply.stopped:
         await runtime.announce(finished_event(reply))

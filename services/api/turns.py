@@ -126,6 +126,7 @@ class Turns:
 
 def job(turn: Turn) -> ChatJob:
     return ChatJob(
+        owner=turn.owner,
         conversation_id=turn.reply.conversation_id,
         user_message_id=turn.user.id,
         message_id=turn.reply.id,

@@ -68,8 +68,9 @@ class Draft:
             self._thoughts.clear()
             self._sealed_thoughts.append(reasoning)
         self.seq += 1
+        message = self.message
         return delta_event(
-            self.message.conversation_id, self.id, self.attempt, self.seq, text, reasoning
+            message.owner, message.conversation_id, self.id, self.attempt, self.seq, text, reasoning
         )
 
     def progress(self) -> Progress:

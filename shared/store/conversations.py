@@ -3,6 +3,9 @@
 A conversation document (`conversations`, one per owner and conversation id) summarises its
 messages for the list: title, creation and last-post times, message count. The writes that add
 messages keep it current (`turns`); this module only reads it, renames and deletes it.
+
+A conversation is `(owner, conversationId)`: every query names both, so one user never reads,
+lists or stops anything of another's, even with the same conversation id.
 """
 
 import base64
@@ -73,7 +76,9 @@ class ConversationStore:
         self.conversations = conversations_of(database)
 
     async def ensure_indexes(self) -> None:
-        await self.messages.create_index([("conversationId", ASCENDING), ("order", ASCENDING)])
+        await self.messages.create_index(
+            [("owner", ASCENDING), ("conversationId", ASCENDING), ("order", ASCENDING)]
+        )
         await self.conversations.create_index([("owner", ASCENDING), *LIST_ORDER])
 
     async def list_conversations(
@@ -110,7 +115,7 @@ class ConversationStore:
         question = reply.parent_id or (document or {}).get("userMessageId")
         if question is None:
             return None
-        return await self.get_message(reply.conversation_id, question)
+        return await self.get_message(reply.owner, reply.conversation_id, question)
 
     async def unfinished_replies(self, owner: str, conversation_id: str) -> list[Message]:
         """The conversation's replies still to be written or being written, oldest first."""
@@ -140,26 +145,35 @@ class ConversationStore:
             return None
         return await self.get_conversation(owner, conversation_id)
 
-    async def conversation_exists(self, conversation_id: str) -> bool:
-        existing = {"conversationId": conversation_id}
+    async def conversation_exists(self, owner: str, conversation_id: str) -> bool:
+        existing = {"conversationId": conversation_id, **owned_by(owner)}
         return await self.messages.count_documents(existing, limit=1) > 0
 
-    async def list_messages(self, conversation_id: str) -> list[Message]:
-        cursor = self.messages.find({"conversationId": conversation_id}).sort("order", ASCENDING)
+    async def list_messages(self, owner: str, conversation_id: str) -> list[Message]:
+        query = {"conversationId": conversation_id, **owned_by(owner)}
+        cursor = self.messages.find(query).sort("order", ASCENDING)
         documents = with_parents([document async for document in cursor])
         return [Message.from_document(document) for document in documents]
 
-    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
-        return await find_message(
-            self.messages, {"_id": message_id, "conversationId": conversation_id}
-        )
+    async def get_message(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None:
+        query = {"_id": message_id, "conversationId": conversation_id, **owned_by(owner)}
+        return await find_message(self.messages, query)
 
-    async def request_stop(self, conversation_id: str, message_id: str) -> Message | None:
+    async def request_stop(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None:
         """Stop a reply: at once if not started, else flag it for its responder.
 
         Returns the reply as it now is (finished if it was not started), None if unknown.
         """
-        where = {"_id": message_id, "conversationId": conversation_id, "from": "assistant"}
+        where = {
+            "_id": message_id,
+            "conversationId": conversation_id,
+            "from": "assistant",
+            **owned_by(owner),
+        }
         document = await self.messages.find_one_and_update(
             {**where, "status": Status.CREATED.value},
             {
@@ -179,5 +193,5 @@ class ConversationStore:
                 return_document=ReturnDocument.AFTER,
             )
         if document is None:
-            return await self.get_message(conversation_id, message_id)
+            return await self.get_message(owner, conversation_id, message_id)
         return Message.from_document(document)

@@ -4,19 +4,18 @@ Every message is one document of the `messages` collection, with `_id` its id an
 creation time; replies also carry a lease (`leaseUntil`) while a responder writes them.
 """
 
+import secrets
 import time
 from datetime import UTC, datetime
 from typing import Any
 
 from bson import ObjectId
 
-from shared.schemas import UNFINISHED, Message
+from shared.schemas import LOCAL_OWNER, UNFINISHED, Message
 from shared.store.database import Collection, Database
 
 MESSAGES = "messages"
 CONVERSATIONS = "conversations"
-LOCAL_OWNER = "local"
-"""The one user of an API without authentication, and the owner of documents stored before users."""
 UNFINISHED_VALUES = [status.value for status in UNFINISHED]
 
 
@@ -36,6 +35,11 @@ class CreationOrder:
 
 
 ORDER = CreationOrder()
+
+
+def new_conversation_id() -> str:
+    """128 random bits: a conversation id the server makes cannot be guessed from another."""
+    return secrets.token_urlsafe(16)
 
 
 def new_id() -> str:

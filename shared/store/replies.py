@@ -19,6 +19,7 @@ from shared.store.documents import (
     free,
     messages_of,
     now,
+    owned_by,
     with_parents,
 )
 
@@ -98,7 +99,9 @@ class ReplyStore:
         self.messages = messages_of(database)
 
     async def ensure_indexes(self) -> None:
-        await self.messages.create_index([("conversationId", ASCENDING), ("order", ASCENDING)])
+        await self.messages.create_index(
+            [("owner", ASCENDING), ("conversationId", ASCENDING), ("order", ASCENDING)]
+        )
         await self.messages.create_index(
             "leaseUntil", partialFilterExpression={"status": Status.STREAMING.value}
         )
@@ -125,7 +128,11 @@ class ReplyStore:
 
     async def _earlier(self, reply: StoredReply) -> list[dict[str, Any]]:
         """Every message of the conversation created before `reply`, oldest first."""
-        before = {"conversationId": reply.message.conversation_id, "order": {"$lt": reply.order}}
+        before = {
+            **owned_by(reply.message.owner),
+            "conversationId": reply.message.conversation_id,
+            "order": {"$lt": reply.order},
+        }
         cursor = self.messages.find(before).sort("order", ASCENDING)
         return with_parents([document async for document in cursor])
 

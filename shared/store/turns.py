@@ -13,10 +13,9 @@ from typing import Any
 from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from shared.schemas import Message
+from shared.schemas import LOCAL_OWNER, Message
 from shared.store.database import Database
 from shared.store.documents import (
-    LOCAL_OWNER,
     ORDER,
     conversation_key,
     conversations_of,

@@ -11,9 +11,9 @@ from typing import Any
 
 from pymongo import UpdateOne
 
+from shared.schemas import LOCAL_OWNER
 from shared.store.database import Database
 from shared.store.documents import (
-    LOCAL_OWNER,
     conversation_key,
     conversations_of,
     messages_of,

@@ -15,6 +15,7 @@ from devstack.stack import start_mock_model
 from shared.store.database import Database, Document
 from tests.helpers import ApiClient, MockClient
 from tests.infra import Broker, Deployment, deployment, mongodb_server, rabbitmq, service_env
+from tests.tokens import AUTH_ENV
 
 MOCK_TOKENS = 8
 MOCK_DELAY_MS = 2
@@ -132,3 +133,23 @@ def pytest_runtest_makereport(
                 lines = path.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
                 report.sections.append((f"log {path.name}", "\n".join(lines)))
     return report
+
+
+@pytest.fixture(scope="session")
+def auth_stack(log_dir: Path, mongodb_url: str, model_url: str) -> Iterator[Deployment]:
+    """A stack with users: HS256 tokens (`tests.tokens.user_token`), `iss` and `aud` checked,
+    small limits, two API instances, in its own vhost and database.
+    """
+    with rabbitmq("chat-test-auth") as own_broker:
+        env = {**service_env(mongodb_url, own_broker, model_url), **AUTH_ENV}
+        with deployment("auth", log_dir, env, own_broker, responders=1, apis=2) as running:
+            yield running
+
+
+@pytest.fixture(scope="session")
+async def auth_database(auth_stack: Deployment) -> AsyncIterator[Database]:
+    client: AsyncMongoClient[Document] = AsyncMongoClient(auth_stack.mongodb_url, tz_aware=True)
+    try:
+        yield client[auth_stack.mongodb_db]
+    finally:
+        await client.close()

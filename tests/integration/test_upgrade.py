@@ -54,7 +54,7 @@ async def test_old_conversations_are_listed_and_read_as_one_chain(
         "2026-01-01T10:00:00.000Z",
         "2026-01-01T10:05:00.000Z",
     )
-    messages = await store.list_messages("old")
+    messages = await store.list_messages("local", "old")
     assert [message.parent_id for message in messages] == [None, "u1", "a1", "u2"]
     reply = await ReplyStore(old_database).get_reply("a2")
     assert reply is not None

@@ -15,15 +15,16 @@ from services.api.auth import (
     OPEN_USER,
     AuthUnavailable,
     BearerUser,
-    ConfigurationInvalid,
     OpenAccess,
     TokenRejected,
     TokenVerifier,
     token_rejected,
     verifier_from,
+    warn_if_open,
 )
 from services.api.jwks import KeySet
 from shared.settings import Settings
+from shared.startup import ConfigurationInvalid
 from tests.tokens import TEST_SECRET, KeyServer, SigningKey, hs256
 
 LEEWAY = 30.0
@@ -175,9 +176,10 @@ def settings(**values: Any) -> Settings:
 
 
 def test_open_mode_is_announced_loudly(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING):
-        verifier = verifier_from(settings())
+    verifier = verifier_from(settings())
     assert isinstance(verifier, OpenAccess)
+    with caplog.at_level(logging.WARNING):
+        warn_if_open(verifier)
     assert "AUTHENTICATION IS OFF" in caplog.text
 
 

@@ -77,7 +77,7 @@ DEPENDENCIES = {
     "proxy": {"api"},
     "grafana": {"prometheus"},
 }
-DEV_SECRET_DEFAULT = re.compile(r"^\$\{AUTH_JWT_SECRET:-(?P<secret>.+)\}$")
+DEV_SECRET_DEFAULT = re.compile(r"^\$\{AUTH_JWT_SECRET:?-(?P<secret>.+)\}$")
 
 
 @pytest.fixture(scope="module")

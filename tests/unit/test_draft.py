@@ -28,6 +28,7 @@ def test_each_seal_is_one_delta_of_everything_appended_since() -> None:
     second = reply.seal()
     assert first == {
         "type": "message.delta",
+        "owner": "local",
         "conversationId": "conv",
         "messageId": "r1",
         "seq": 1,

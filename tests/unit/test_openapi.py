@@ -16,8 +16,10 @@ from fastapi import FastAPI
 from pymongo.errors import ServerSelectionTimeoutError
 
 from services.api.app import create_app
+from services.api.auth import OpenAccess
 from services.api.hub import Hub
 from shared.schemas import NOT_ONLY_WHITESPACE, ChatRequest, Message
+from shared.settings import Settings
 
 
 class DatabaseDown:
@@ -27,6 +29,9 @@ class DatabaseDown:
         return False
 
     def __getattr__(self, name: str) -> "DatabaseDown":
+        return self
+
+    def __getitem__(self, name: str) -> "DatabaseDown":
         return self
 
     def __call__(self, *args: Any, **kwargs: Any) -> None:
@@ -48,13 +53,21 @@ class NothingStored:
     async def unfinished_replies(self, *args: Any) -> list[Any]:
         return []
 
-    async def list_messages(self, conversation_id: str) -> list[Message]:
+    async def list_messages(self, owner: str, conversation_id: str) -> list[Message]:
         return []
 
-    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+    async def get_message(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None:
         return None
 
+    async def count_documents(self, *args: Any, **kwargs: Any) -> int:
+        return 0
+
     def __getattr__(self, name: str) -> "NothingStored":
+        return self
+
+    def __getitem__(self, name: str) -> "NothingStored":
         return self
 
     async def __call__(self, *args: Any, **kwargs: Any) -> None:
@@ -103,7 +116,7 @@ REQUESTS: list[Request] = [
 
 @pytest.fixture(params=[DatabaseDown, NothingStored], ids=["database-down", "nothing-stored"])
 async def app(request: pytest.FixtureRequest) -> FastAPI:
-    return create_app(request.param())
+    return create_app(request.param(), Settings(_env_file=None), OpenAccess())
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ import pytest
 from services.api.hub import Hub, Subscriber
 from services.api.keys import ConversationKey
 from shared.events import delta_event, message_event
-from shared.schemas import Message, Status
+from shared.schemas import LOCAL_OWNER, Message, Status
 from tests.clients import Rebuilder
 from tests.factories import message
 
 CONVERSATION = "c1"
-KEY = ConversationKey(CONVERSATION)
+KEY = ConversationKey(LOCAL_OWNER, CONVERSATION)
 NOTHING_MORE_SECONDS = 0.05
 FRAME_TIMEOUT = 2.0
 
@@ -29,23 +29,26 @@ class FakeStore:
     """Conversations in memory; `during_read` runs inside a list read, as live events would."""
 
     def __init__(self) -> None:
-        self.conversations: dict[str, dict[str, Message]] = {}
+        self.conversations: dict[tuple[str, str], dict[str, Message]] = {}
         self.during_read: Callable[[], None] | None = None
         self.gets = 0
 
     def put(self, stored: Message) -> None:
-        self.conversations.setdefault(stored.conversation_id, {})[stored.id] = stored
+        key = (stored.owner, stored.conversation_id)
+        self.conversations.setdefault(key, {})[stored.id] = stored
 
-    async def list_messages(self, conversation_id: str) -> list[Message]:
+    async def list_messages(self, owner: str, conversation_id: str) -> list[Message]:
         await asyncio.sleep(0)
         if self.during_read is not None:
             self.during_read()  # live events while the database answers
-        stored = self.conversations.get(conversation_id, {}).values()
+        stored = self.conversations.get((owner, conversation_id), {}).values()
         return [item.model_copy() for item in stored]
 
-    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+    async def get_message(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None:
         self.gets += 1
-        found = self.conversations.get(conversation_id, {}).get(message_id)
+        found = self.conversations.get((owner, conversation_id), {}).get(message_id)
         return None if found is None else found.model_copy()
 
 
@@ -71,8 +74,14 @@ def reply(
     )
 
 
-def delta(seq: int, attempt: int = 1, conversation_id: str = CONVERSATION) -> dict[str, Any]:
-    return dict(delta_event(conversation_id, "r1", attempt, seq, f"t{seq} "))
+def delta(
+    seq: int,
+    attempt: int = 1,
+    conversation_id: str = CONVERSATION,
+    owner: str = LOCAL_OWNER,
+    message_id: str = "r1",
+) -> dict[str, Any]:
+    return dict(delta_event(owner, conversation_id, message_id, attempt, seq, f"t{seq} "))
 
 
 def text_upto(seq: int) -> str:
@@ -315,7 +324,10 @@ async def test_a_finished_state_is_announced_as_the_end_whatever_the_event_said(
 
 
 async def test_subscribers_get_only_their_own_conversation(hub: Hub) -> None:
-    async with hub.subscribe(KEY) as mine, hub.subscribe(ConversationKey("c2")) as other:
+    async with (
+        hub.subscribe(KEY) as mine,
+        hub.subscribe(ConversationKey(LOCAL_OWNER, "c2")) as other,
+    ):
         await snapshot_of(mine)
         await snapshot_of(other)
         hub.receive(event("message.created", message("user", "for c2", conversation_id="c2")))
@@ -351,7 +363,7 @@ async def _until(condition: Callable[[], bool]) -> None:
 
 def thought(seq: int, attempt: int = 1, text: str = "") -> dict[str, Any]:
     """A delta carrying reasoning (and maybe text) under the same `seq` as any delta."""
-    return dict(delta_event(CONVERSATION, "r1", attempt, seq, text, f"r{seq} "))
+    return dict(delta_event(LOCAL_OWNER, CONVERSATION, "r1", attempt, seq, text, f"r{seq} "))
 
 
 async def test_reasoning_is_rebuilt_by_late_joiners_and_restarted_by_a_retry(
@@ -385,3 +397,22 @@ async def test_reasoning_is_rebuilt_by_late_joiners_and_restarted_by_a_retry(
             rebuilder.apply(frame)  # checks the rebuilt reasoning equals the final one
         assert await nothing_more(joiner)
     assert rebuilder.messages["r1"] == done
+
+
+async def test_two_users_with_the_same_conversation_id_never_see_each_other(hub: Hub) -> None:
+    alice, bob = ConversationKey("alice", CONVERSATION), ConversationKey("bob", CONVERSATION)
+    async with hub.subscribe(alice) as for_alice, hub.subscribe(bob) as for_bob:
+        await snapshot_of(for_alice)
+        await snapshot_of(for_bob)
+        bobs = message("user", "bob's secret", conversation_id=CONVERSATION, owner="bob")
+        bobs_reply = message(
+            "assistant", "", Status.STREAMING, CONVERSATION, attempt=1, message_id="bob-reply"
+        ).model_copy(update={"owner": "bob"})
+        hub.receive(event("message.created", bobs))
+        hub.receive(event("message.updated", bobs_reply))
+        hub.receive(delta(1, owner="bob", message_id="bob-reply"))
+        created, _, delta_frame = await take(for_bob, 3)
+        assert created["message"]["message"] == "bob's secret"
+        assert delta_frame["messageId"] == "bob-reply"
+        assert "owner" not in delta_frame, "deltas reach clients without the routing field"
+        assert await nothing_more(for_alice)
