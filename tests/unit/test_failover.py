@@ -26,7 +26,7 @@ async def test_each_attempt_goes_to_the_next_node_round_the_list() -> None:
     tried = []
     for _ in range(3):
         with pytest.raises((OSError, asyncio.TimeoutError)):
-            await connection._RobustConnection__connect_transport()  # type: ignore[attr-defined]
+            await connection._RobustConnection__connect_transport()
         tried.append(connection.url.port)
     assert tried == [ports[0], ports[1], ports[0]]
     await connection.close()
