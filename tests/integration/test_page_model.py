@@ -3,15 +3,16 @@
 from playwright.async_api import BrowserContext
 
 from tests.browser import ChatPage, words
-from tests.helpers import ApiClient, prompt
+from tests.helpers import ApiClient, eventually, prompt
 
 
 async def test_reasoning_is_collapsed_and_usage_is_shown(
     api: ApiClient, context: BrowserContext
 ) -> None:
     chat = await ChatPage.open(context, api.base_url)
-    await chat.send(prompt("think first", tokens=6, reasoning=5, delay_ms=20))
+    await chat.send(prompt("think first", tokens=6, reasoning=20, delay_ms=60))
     reply_id = await chat.last_id("assistant")
+    await eventually(lambda: _status_is(chat, reply_id, "thinking"), what="the reasoning first")
     await chat.finished(reply_id)
     stored = await api.message(await chat.conversation_id(), reply_id)
     assert stored.reasoning and stored.usage
@@ -30,6 +31,10 @@ async def test_reasoning_is_collapsed_and_usage_is_shown(
     assert f"{stored.usage.completion_tokens} out" in usage
     assert (usage.startswith("≈")) == stored.usage.estimated
     assert stored.model and stored.model in usage
+
+
+async def _status_is(chat: ChatPage, message_id: str, status: str) -> bool:
+    return await chat.status(message_id) == status
 
 
 async def test_a_reply_cut_at_the_length_limit_says_so(

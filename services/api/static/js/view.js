@@ -22,7 +22,7 @@ function button(label, className, onClick) {
 export function statusText(message) {
   if (message.from === "user") return "";
   if (message.status === "created") return "waiting";
-  if (message.status === "streaming") return "streaming";
+  if (message.status === "streaming") return message.reasoning && !message.message ? "thinking" : "streaming";
   if (message.status === "failed") return `failed: ${message.error ?? "unknown error"}`;
   if (message.stopped || message.finishReason === "stopped") return "stopped";
   if (message.finishReason && message.finishReason !== "stop") return `ended: ${message.finishReason}`;
