@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pymongo.errors import PyMongoError
 from starlette.exceptions import HTTPException
 
-from services.api import conversations
+from services.api import conversations, stream
 from services.api.auth import (
     AuthUnavailable,
     TokenRejected,
@@ -61,6 +61,7 @@ def create_app(runtime: Runtime, settings: Settings, verifier: Verifier) -> Fast
     app.add_exception_handler(TooManyActiveReplies, too_many_replies)
     app.include_router(router)
     app.include_router(conversations.router)
+    app.include_router(stream.router)
     app.add_api_route(
         "/metrics",
         metrics,
