@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 import psutil
@@ -150,7 +151,28 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def within(result: RunResult, p99_limit_ms: float) -> bool:
+class Percentiles(Protocol):
+    @property
+    def p99(self) -> float: ...
+
+
+class Outcome(Protocol):
+    """What `within` reads of a run: a RunResult has it."""
+
+    @property
+    def lost(self) -> int: ...
+
+    @property
+    def duplicated(self) -> int: ...
+
+    @property
+    def failed_conversations(self) -> int: ...
+
+    @property
+    def lag_ms(self) -> Percentiles: ...
+
+
+def within(result: Outcome, p99_limit_ms: float) -> bool:
     """The load is sustained: every token delivered once, lag p99 within the limit."""
     return (
         result.lost == 0

@@ -7,6 +7,7 @@ restarts it in `finally`, and `rabbit_safety_net` checks once more at session te
 import contextlib
 from collections.abc import Generator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -48,10 +49,10 @@ def make_stack(
     """Start a private stack for the module, with its settings; its logs show on failure."""
 
     @contextlib.contextmanager
-    def make(name: str, **options: object) -> Iterator[FaultStack]:
+    def make(name: str, **options: Any) -> Iterator[FaultStack]:
         base = tmp_path_factory.mktemp(f"fault-{name}")
         _stack_dirs.setdefault(request.module.__name__, []).append(base)
-        with fault_stack(name, base, **options) as stack:  # type: ignore[arg-type]
+        with fault_stack(name, base, **options) as stack:
             yield stack
 
     return make

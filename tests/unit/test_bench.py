@@ -202,8 +202,8 @@ class _Result:
 
 
 def test_within_needs_every_token_and_the_lag_limit() -> None:
-    assert within(_Result(99.0), 100.0)  # type: ignore[arg-type]
-    assert not within(_Result(101.0), 100.0)  # type: ignore[arg-type]
+    assert within(_Result(99.0), 100.0)
+    assert not within(_Result(101.0), 100.0)
 
 
 def test_busiest_second_finds_the_peak_cpu_rate() -> None:

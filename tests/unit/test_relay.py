@@ -14,7 +14,7 @@ import pytest
 
 from services.api.hub import Hub, Subscriber
 from services.api.keys import ConversationKey
-from shared.events import delta_event, message_event
+from shared.events import MessageEventType, delta_event, message_event
 from shared.schemas import LOCAL_OWNER, Message, Status
 from tests.clients import Rebuilder
 from tests.factories import message
@@ -88,8 +88,8 @@ def text_upto(seq: int) -> str:
     return "".join(f"t{index} " for index in range(1, seq + 1))
 
 
-def event(kind: str, item: Message) -> dict[str, Any]:
-    return dict(message_event(kind, item))  # type: ignore[arg-type]
+def event(kind: MessageEventType, item: Message) -> dict[str, Any]:
+    return dict(message_event(kind, item))
 
 
 def stream_to(hub: Hub, seq: int, start: int = 1, attempt: int = 1) -> None:
