@@ -264,3 +264,23 @@ async def test_server_made_conversation_ids_are_random(
     for conversation_id in ids:
         assert re.fullmatch(r"[A-Za-z0-9_-]{22}", conversation_id), conversation_id
     assert ids[0][:8] != ids[1][:8], "no shared time-ordered prefix"
+
+
+async def test_the_owner_is_served_on_every_route_of_a_conversation(
+    auth_http: list[httpx.AsyncClient],
+) -> None:
+    """The other side of the 404s above: the same requests, by the owner, succeed."""
+    alice = as_user(auth_http[1], new_user())
+    accepted, _ = await alice.ask(prompt("mine"))
+    conversation_id, message_id = accepted.conversation_id, accepted.message_id
+    operations = [
+        (method, path)
+        for method, path in await protected_operations(auth_http[1])
+        if "{conversation_id}" in path
+    ]
+    operations.sort(key=lambda operation: operation[0] == "DELETE")  # deleting comes last
+    assert operations[-1][0] == "DELETE"
+    for method, path in operations:
+        url = concrete(path, conversation_id, message_id)
+        served = await alice.http.request(method, url, json={"title": "renamed"})
+        assert 200 <= served.status_code < 300, f"{method} {path}: {served.status_code}"
