@@ -21,6 +21,7 @@ from services.api.auth import (
 from services.api.body_limit import BodySizeLimit
 from services.api.errors import http_error, validation_failed
 from services.api.limits import Limits, RateLimited, TooManyActiveReplies
+from services.api.metrics import REFUSED_ACTIVE_REPLIES, REFUSED_RATE
 from services.api.page import add_page
 from services.api.routes import router
 from services.api.runtime import Runtime
@@ -105,6 +106,7 @@ async def keys_unavailable(request: Request, error: Exception) -> JSONResponse:
 
 async def rate_limited(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RateLimited)
+    REFUSED_RATE.inc()
     return JSONResponse(
         {"detail": str(error)},
         status.HTTP_429_TOO_MANY_REQUESTS,
@@ -113,6 +115,7 @@ async def rate_limited(request: Request, error: Exception) -> JSONResponse:
 
 
 async def too_many_replies(request: Request, error: Exception) -> JSONResponse:
+    REFUSED_ACTIVE_REPLIES.inc()
     return JSONResponse(
         {"detail": f"{error}; wait for one to finish or stop it"},
         status.HTTP_429_TOO_MANY_REQUESTS,

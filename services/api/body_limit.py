@@ -14,6 +14,8 @@ from typing import Any
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from services.api.metrics import REFUSED_BODY
+
 TOO_LARGE = 413
 LINGER_BYTES = 1024 * 1024
 LINGER_SECONDS = 1.0
@@ -68,6 +70,7 @@ class BodySizeLimit:
             await _linger(receive)
 
     async def _refuse(self, send: Send) -> None:
+        REFUSED_BODY.inc()
         body = orjson.dumps({"detail": f"the request body is larger than {self.max_bytes} bytes"})
         await send(
             {

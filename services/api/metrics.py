@@ -42,6 +42,11 @@ OUTBOX_REPLIES = Gauge(
 )
 LIMITS_REFUSED = Counter(
     "chat_limits_refused",
-    "Requests and WebSockets refused by a limit, by limit (e.g. posts, websockets, body).",
+    "Requests and WebSockets refused by a limit: rate (RATE_LIMIT_PER_MINUTE), active_replies "
+    "(MAX_ACTIVE_REPLIES), websockets (MAX_WEBSOCKETS), body (MAX_BODY_BYTES).",
     ["limit"],
 )
+REFUSED_RATE = LIMITS_REFUSED.labels("rate")
+REFUSED_ACTIVE_REPLIES = LIMITS_REFUSED.labels("active_replies")
+REFUSED_WEBSOCKETS = LIMITS_REFUSED.labels("websockets")
+REFUSED_BODY = LIMITS_REFUSED.labels("body")

@@ -19,7 +19,7 @@ from services.api.auth import (
 from services.api.hub import Subscriber
 from services.api.keys import ConversationKey
 from services.api.limits import TooManySockets
-from services.api.metrics import SUBSCRIBERS_DROPPED
+from services.api.metrics import REFUSED_WEBSOCKETS, SUBSCRIBERS_DROPPED
 from services.api.origins import websocket_origin_allowed
 from services.api.routes import CONVERSATION_ID, RuntimeDep, UserLimits
 
@@ -62,6 +62,7 @@ async def stream(
         try:
             await held.enter_async_context(limits.sockets.holding(identity.user))
         except TooManySockets as error:
+            REFUSED_WEBSOCKETS.inc()
             await websocket.accept()
             await websocket.close(code=POLICY_VIOLATION, reason=str(error))
             return

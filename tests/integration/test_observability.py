@@ -24,6 +24,7 @@ from tests.infra import rabbitmq, service_env
 
 SECRET = "s3cret-token-value"
 TOKENS = 8
+MAX_BODY_BYTES = 64 * 1024  # the JSON API's own limit, so a refusal can be provoked
 
 
 @dataclass
@@ -46,7 +47,9 @@ def observed(mongodb_url: str, model_url: str, log_dir: Path) -> Iterator[Observ
         stack = Stack(env={**env, "LOG_FORMAT": "json"}, log_dir=log_dir / "observed")
         try:
             responder = stack.start_responder(name="observed-responder")
-            json_api, json_url = stack.start_api(name="observed-json-api")
+            json_api, json_url = stack.start_api(
+                name="observed-json-api", MAX_BODY_BYTES=str(MAX_BODY_BYTES)
+            )
             text_api, text_url = stack.start_api(
                 name="observed-text-api", LOG_FORMAT="text", LOG_LEVEL="DEBUG"
             )
@@ -244,3 +247,16 @@ async def test_a_failing_model_is_counted_by_kind(observed: Observed, json_api: 
     after = await eventually(counted, what="the failed reply to be counted")
     errors = value(after, "chat_model_errors_total", kind="status")
     assert errors - value(before, "chat_model_errors_total", kind="status") == 1
+
+
+async def test_a_refused_body_is_counted_by_its_limit(
+    observed: Observed, json_api: ApiClient
+) -> None:
+    metrics = f"{observed.json_api}/metrics"
+    before = await scrape(metrics)
+    oversized = {"message": "x" * (MAX_BODY_BYTES + 1)}
+    response = await json_api.http.post("/chat", json=oversized)
+    assert response.status_code == 413
+    after = await scrape(metrics)
+    refused = value(after, "chat_limits_refused_total", limit="body")
+    assert refused - value(before, "chat_limits_refused_total", limit="body") == 1
