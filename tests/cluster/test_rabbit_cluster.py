@@ -49,8 +49,8 @@ def whole_reply(reply_id: str, text: str) -> Expect:
 async def test_stopping_the_queue_leader_loses_nothing(cluster_stack: ClusterStack) -> None:
     cluster = cluster_stack.cluster
     leader = await asyncio.to_thread(cluster.queue_leader, CHAT_QUEUE)
-    assert leader is cluster_stack.responder_nodes[0], "the declaring responder's node leads"
-    assert cluster_stack.api_nodes[1] is leader, "API 1 loses its node too"
+    # Every node serves a process (RabbitMQ 3 puts the leader on the declaring responder's node,
+    # 4 balances it): whichever leads, stopping it also cuts some process off its node.
 
     tally = Tally("chat-message leader node stopped")
     problems: list[str] = []
