@@ -171,6 +171,9 @@ def test_the_proxy_passes_websockets_to_every_api_replica(services: dict[str, An
     assert ["proxy_http_version", "1.1"] in directives
     assert ["proxy_set_header", "Upgrade", "$http_upgrade"] in directives
     assert ["proxy_set_header", "Connection", "$connection_upgrade"] in directives
+    # The chat page's WebSocket sends `Origin: http://host:port`; the API accepts its own origin
+    # by comparing with Host, so Host must keep the port ($host would drop it).
+    assert ["proxy_set_header", "Host", "$http_host"] in directives
     timeout = next(words[1] for words in directives if words[0] == "proxy_read_timeout")
     seconds = int(timeout.removesuffix("h")) * 3600 if timeout.endswith("h") else int(timeout)
     assert seconds > 2 * Settings.model_fields["ws_ping_seconds"].default
