@@ -29,9 +29,9 @@ from shared.settings import Settings
 
 SECANTUS = "secantusd-py"
 NO_USER_LIMITS = {
-    "RATE_LIMIT_PER_MINUTE": "1000000",
-    "MAX_ACTIVE_REPLIES": "1000000",
-    "MAX_WEBSOCKETS": "1000000",
+    "RATE_LIMIT_PER_MINUTE": "0",
+    "MAX_ACTIVE_REPLIES": "0",
+    "MAX_WEBSOCKETS": "0",
     "MAX_BODY_BYTES": str(16 * 1024 * 1024),
 }
 """For load tests and tests of other things: one open-mode user doing the work of many."""

@@ -46,9 +46,9 @@ class Settings(BaseSettings):
     auth_leeway_seconds: float = Field(30.0, ge=0)
     auth_jwks_cache_seconds: float = Field(300.0, gt=0)
 
-    rate_limit_per_minute: int = Field(30, ge=1)
-    max_active_replies: int = Field(4, ge=1)
-    max_websockets: int = Field(20, ge=1)
+    rate_limit_per_minute: int = Field(30, ge=0, description="0: no limit")
+    max_active_replies: int = Field(4, ge=0, description="0: no limit")
+    max_websockets: int = Field(20, ge=0, description="0: no limit")
     max_body_bytes: int = Field(262144, ge=1024)
     cors_origins: Annotated[list[str], NoDecode] = []
 

@@ -1,6 +1,7 @@
 """Per-user limit state in MongoDB, shared by every API instance (here: two clients)."""
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -9,6 +10,7 @@ import pytest
 from pymongo import AsyncMongoClient
 
 from services.api.limits import (
+    NO_LIMIT,
     RATE_WINDOW,
     RateLimited,
     RateLimiter,
@@ -135,3 +137,17 @@ async def test_open_sockets_have_their_leases_renewed(
                     await asyncio.sleep(0.05)
     finally:
         renewer.cancel()
+
+
+async def test_a_limit_of_zero_is_none_and_writes_nothing(
+    databases: tuple[Database, Database],
+) -> None:
+    database = databases[0]
+    limiter = RateLimiter(database, NO_LIMIT)
+    sockets = SocketRegistry(database, NO_LIMIT)
+    for _ in range(3 * PER_MINUTE):
+        await limiter.refund(await limiter.admit("ivan"))
+    async with contextlib.AsyncExitStack() as held:
+        for _ in range(3 * SOCKETS):
+            await held.enter_async_context(sockets.holding("ivan"))
+    assert await database.list_collection_names() == []
