@@ -5,7 +5,7 @@ user sees only their own conversations, on any API instance.
 import asyncio
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
@@ -22,23 +22,19 @@ from tests.tokens import AUDIENCE, ISSUER, TEST_SECRET, hs256, new_user, user_to
 OPEN_ROUTES = {"/healthz", "/readyz", "/metrics", "/openapi.json", "/docs", "/redoc", "/"}
 OTHER_SECRET = "a-different-secret-of-the-same-length-0123"
 
-BAD_TOKENS: dict[str, tuple[dict[str, str], str]] = {
-    "no token": ({}, "missing_token"),
-    "not bearer": ({"authorization": "Basic dXNlcjpwYXNz"}, "malformed_token"),
-    "malformed": ({"authorization": "Bearer not.a.jwt"}, "malformed_token"),
+# Headers are made when the test runs, not when it is collected: in a suite that runs longer than
+# a token's lifetime every token would be refused as expired, whatever else is wrong with it.
+BAD_TOKENS: dict[str, tuple[Callable[[], dict[str, str]], str]] = {
+    "no token": (lambda: {}, "missing_token"),
+    "not bearer": (lambda: {"authorization": "Basic dXNlcjpwYXNz"}, "malformed_token"),
+    "malformed": (lambda: {"authorization": "Bearer not.a.jwt"}, "malformed_token"),
     "bad signature": (
-        {"authorization": f"Bearer {hs256('eve', OTHER_SECRET, iss=ISSUER, aud=AUDIENCE)}"},
+        lambda: {"authorization": f"Bearer {hs256('eve', OTHER_SECRET, iss=ISSUER, aud=AUDIENCE)}"},
         "bad_signature",
     ),
-    "expired": ({"authorization": f"Bearer {user_token('eve', ttl=-3600)}"}, "expired_token"),
-    "wrong audience": (
-        {"authorization": f"Bearer {user_token('eve', aud='another-api')}"},
-        "wrong_audience",
-    ),
-    "wrong issuer": (
-        {"authorization": f"Bearer {user_token('eve', iss='https://evil.test')}"},
-        "wrong_issuer",
-    ),
+    "expired": (lambda: bearer("eve", ttl=-3600), "expired_token"),
+    "wrong audience": (lambda: bearer("eve", aud="another-api"), "wrong_audience"),
+    "wrong issuer": (lambda: bearer("eve", iss="https://evil.test"), "wrong_issuer"),
 }
 
 
@@ -89,7 +85,8 @@ async def stored_documents(database: Database) -> int:
 async def test_every_route_refuses_a_bad_token_and_stores_nothing(
     auth_http: list[httpx.AsyncClient], auth_database: Database, case: str
 ) -> None:
-    headers, error = BAD_TOKENS[case]
+    make_headers, error = BAD_TOKENS[case]
+    headers = make_headers()
     http = auth_http[0]
     operations = await protected_operations(http)
     assert ("POST", "/chat") in operations
@@ -129,7 +126,8 @@ def ws_url(http: httpx.AsyncClient, conversation_id: str, query: str = "") -> st
 async def test_the_stream_refuses_a_bad_token_at_the_handshake(
     auth_http: list[httpx.AsyncClient], case: str
 ) -> None:
-    headers, error = BAD_TOKENS[case]
+    make_headers, error = BAD_TOKENS[case]
+    headers = make_headers()
     with pytest.raises(InvalidStatus) as refused:
         async with connect(ws_url(auth_http[1], new_conversation_id()), additional_headers=headers):
             pass
