@@ -21,7 +21,7 @@ from aio_pika.exceptions import ChannelPreconditionFailed
 from aio_pika.robust_connection import RobustConnection
 
 from shared.redaction import redact
-from shared.schemas import ChatJob, StopRequest
+from shared.schemas import ChatJob, StopRequest, TurnFreed
 from shared.startup import DependencyUnavailable, StartupError
 
 CHAT_QUEUE = "chat-message"
@@ -150,11 +150,33 @@ async def declare_control_exchange(channel: AbstractChannel) -> AbstractExchange
     )
 
 
-async def publish_stop(exchange: AbstractExchange, request: StopRequest) -> None:
+class Sink(Protocol):
+    """Where messages go: an exchange (in unit tests, a recorder)."""
+
+    async def publish(self, message: aio_pika.Message, routing_key: str) -> object: ...
+
+
+CONTROL_TYPES: dict[type[StopRequest | TurnFreed], str] = {
+    StopRequest: "stop",
+    TurnFreed: "turn-freed",
+}
+
+
+async def publish_control(exchange: Sink, message: StopRequest | TurnFreed) -> None:
+    """Every responder hears it; the message's kind travels as its AMQP `type`."""
+    body = message.model_dump_json().encode()
+    kind = CONTROL_TYPES[type(message)]
     await exchange.publish(
-        aio_pika.Message(request.model_dump_json().encode(), content_type="application/json"),
-        routing_key="",
+        aio_pika.Message(body, content_type="application/json", type=kind), routing_key=""
     )
+
+
+def read_control(delivery: AbstractIncomingMessage) -> StopRequest | TurnFreed:
+    """Raises ValidationError for a malformed body. A message without a kind is a stop
+    request: stop requests were the only control messages before turn notices."""
+    if delivery.type == CONTROL_TYPES[TurnFreed]:
+        return TurnFreed.model_validate_json(delivery.body)
+    return StopRequest.model_validate_json(delivery.body)
 
 
 async def publish_job(channel: AbstractChannel, job: ChatJob) -> None:
@@ -169,13 +191,7 @@ async def publish_job(channel: AbstractChannel, job: ChatJob) -> None:
     )
 
 
-class EventSink(Protocol):
-    """Where event batches go: the fanout exchange (in unit tests, a recorder)."""
-
-    async def publish(self, message: aio_pika.Message, routing_key: str) -> object: ...
-
-
-async def publish_events(exchange: EventSink, body: bytes) -> None:
+async def publish_events(exchange: Sink, body: bytes) -> None:
     """One batch of events, stamped with when it left, so the relay can measure its lag."""
     message = aio_pika.Message(
         body, content_type="application/json", headers={SENT_AT_HEADER: time.time_ns() // 1000}

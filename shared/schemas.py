@@ -195,6 +195,14 @@ class StopRequest(WireModel):
     message_id: str = Field(alias="messageId")
 
 
+class TurnFreed(WireModel):
+    """Body of a control message: a reply of this conversation finished, or will never start;
+    the reply asked after it may start now."""
+
+    owner: str = LOCAL_OWNER
+    conversation_id: str = Field(alias="conversationId")
+
+
 Title = Annotated[str, StringConstraints(min_length=1, max_length=200), *VISIBLE]
 
 

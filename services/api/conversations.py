@@ -7,9 +7,10 @@ from fastapi import APIRouter, HTTPException, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from services.api.posting import new_reply, stop_replies
+from services.api.posting import new_reply
 from services.api.responses import PROTECTED, RATE_LIMITED, TOO_LARGE, error, invalid
 from services.api.routes import ConversationIdPath, MessageIdPath, Owner, RuntimeDep, UserLimits
+from services.api.stopping import stop_replies
 from shared.events import conversation_deleted_event
 from shared.schemas import (
     FINISHED,

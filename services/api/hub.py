@@ -23,12 +23,12 @@ import orjson
 from aio_pika.abc import AbstractExchange, AbstractQueue
 
 from services.api.hearing import Hearing
-from services.api.keys import ConversationKey, key_of
 from services.api.live import LiveReplies, StoredMessages, Version, version_of
 from services.api.metrics import RELAY_BATCHES, RELAY_LAG
 from shared import broker
 from shared.broker import publish_lag
 from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch, encode_batch
+from shared.keys import ConversationKey, key_of
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from pydantic import ValidationError
 
-from services.api.keys import ConversationKey
 from shared.events import DELTA, FINISHED_EVENT, UPDATED
+from shared.keys import ConversationKey
 from shared.logs import about_message
 from shared.schemas import Message, Status
 

@@ -11,7 +11,8 @@ from fastapi import HTTPException, status
 from fastapi.exceptions import RequestValidationError
 
 from services.api.runtime import Runtime
-from shared.schemas import ChatRequest, Message, Status, StopRequest, utc_timestamp
+from services.api.stopping import stop_replies
+from shared.schemas import ChatRequest, Message, Status, utc_timestamp
 from shared.store.documents import new_conversation_id, new_id
 from shared.store.turns import Turn
 
@@ -58,19 +59,6 @@ async def prepare_turn(
             raise ConversationBusy(busy[0].id)
         await stop_replies(runtime, busy)
     return turn
-
-
-async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
-    """Stop each reply through the stop path, without waiting: later replies wait for it."""
-    for reply in replies:
-        stopped = await runtime.conversations.request_stop(
-            reply.owner, reply.conversation_id, reply.id
-        )
-        if stopped is not None and stopped.status == Status.STREAMING:
-            request = StopRequest(
-                owner=reply.owner, conversation_id=reply.conversation_id, message_id=reply.id
-            )
-            await runtime.publish_stop(request)
 
 
 def new_turn(owner: str, conversation_id: str, text: str, request_hash: str | None) -> Turn:

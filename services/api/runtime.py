@@ -15,7 +15,7 @@ from services.api.hub import Hub
 from services.api.turns import Turns
 from shared import broker
 from shared.events import Event, encode_batch
-from shared.schemas import StopRequest
+from shared.schemas import StopRequest, TurnFreed
 from shared.settings import Settings
 from shared.store.conversations import ConversationStore
 from shared.store.database import Database, connect, ping
@@ -75,9 +75,9 @@ class Runtime:
         async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
             await broker.publish_events(self.events, encode_batch([event]))
 
-    async def publish_stop(self, request: StopRequest) -> None:
+    async def publish_control(self, message: StopRequest | TurnFreed) -> None:
         async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
-            await broker.publish_stop(self.control, request)
+            await broker.publish_control(self.control, message)
 
     async def ready(self) -> bool:
         """MongoDB answers, the broker is connected, and the relay hears the fanout."""

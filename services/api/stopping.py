@@ -1,6 +1,7 @@
 """Stopping a reply wherever it is being written, and answering with how it ended.
 
-A reply not started yet is ended by the stop request's own write. One streaming is flagged in
+A reply not started yet is ended by the stop request's own write, and the responders are told
+its turn is free (a reply asked after it may start). One streaming is flagged in
 MongoDB (so a responder that takes it over later stops too) and its responder is told over the
 control exchange; the answer then waits for the reply's final event on this instance's relay,
 which the responder sends once the final text is stored. If that event does not come within
@@ -9,13 +10,16 @@ which the responder sends once the final text is stored. If that event does not 
 
 import asyncio
 import contextlib
+import logging
 
 import orjson
 
-from services.api.keys import ConversationKey
 from services.api.runtime import Runtime
 from shared.events import COMPLETED, FAILED, finished_event
-from shared.schemas import FINISHED, Message, Status, StopRequest
+from shared.keys import ConversationKey
+from shared.schemas import FINISHED, Message, Status, StopRequest, TurnFreed
+
+log = logging.getLogger(__name__)
 
 STOP_WAIT_SECONDS = 5.0
 FINAL_EVENTS = (COMPLETED, FAILED)
@@ -26,13 +30,10 @@ async def stop_reply(
 ) -> Message | None:
     """The reply once stopped (or as it is after the wait); None if the owner has no such reply."""
     async with runtime.hub.subscribe(ConversationKey(owner, conversation_id)) as subscription:
-        reply = await runtime.conversations.request_stop(owner, conversation_id, message_id)
+        reply = await _request_stop(runtime, owner, conversation_id, message_id)
         if reply is None or reply.sender != "assistant":
             return None
         if reply.status == Status.STREAMING:
-            await runtime.publish_stop(
-                StopRequest(owner=owner, conversation_id=conversation_id, message_id=message_id)
-            )
             with contextlib.suppress(TimeoutError):  # then MongoDB has the last word
                 async with asyncio.timeout(STOP_WAIT_SECONDS):
                     async for frame in subscription:  # ends early if the relay drops us
@@ -42,6 +43,31 @@ async def stop_reply(
             return stored or reply
     if reply.stopped:
         await runtime.announce(finished_event(reply))
+    return reply
+
+
+async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
+    """Stop each reply through the stop path, without waiting: later replies wait for it."""
+    for reply in replies:
+        await _request_stop(runtime, reply.owner, reply.conversation_id, reply.id)
+
+
+async def _request_stop(
+    runtime: Runtime, owner: str, conversation_id: str, message_id: str
+) -> Message | None:
+    """Flag the reply in MongoDB, or end it there if it had not started, and tell the responders:
+    the one writing it stops; one holding the reply asked after it may start that one now."""
+    reply = await runtime.conversations.request_stop(owner, conversation_id, message_id)
+    if reply is None or reply.sender != "assistant":
+        return reply
+    if reply.status == Status.STREAMING:
+        stop = StopRequest(owner=owner, conversation_id=conversation_id, message_id=message_id)
+        await runtime.publish_control(stop)
+    elif reply.stopped:
+        try:
+            await runtime.publish_control(TurnFreed(owner=owner, conversation_id=conversation_id))
+        except Exception as error:  # the next reply starts all the same, a few seconds later
+            log.warning("telling the responders a turn is free failed: %s", error)
     return reply
 
 

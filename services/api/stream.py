@@ -17,11 +17,11 @@ from services.api.auth import (
     unauthorized,
 )
 from services.api.hub import Subscriber
-from services.api.keys import ConversationKey
 from services.api.limits import TooManySockets
 from services.api.metrics import REFUSED_WEBSOCKETS, SUBSCRIBERS_DROPPED
 from services.api.origins import websocket_origin_allowed
 from services.api.routes import CONVERSATION_ID, RuntimeDep, UserLimits
+from shared.keys import ConversationKey
 
 TRY_AGAIN_LATER = 1013
 POLICY_VIOLATION = 1008

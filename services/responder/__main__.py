@@ -6,7 +6,12 @@ import signal
 from datetime import timedelta
 
 import uvloop
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+)
 from pydantic import ValidationError
 
 from services.responder import tokens
@@ -14,8 +19,10 @@ from services.responder.leases import end_abandoned, keep_leases
 from services.responder.metrics import metrics_served
 from services.responder.model import ChatModel
 from services.responder.output import ReplyOutput
+from services.responder.turn_order import TurnOrder
 from services.responder.worker import Worker
 from shared import broker
+from shared.keys import ConversationKey
 from shared.logs import configure_logging
 from shared.schemas import StopRequest
 from shared.settings import Settings, get_settings
@@ -45,15 +52,19 @@ async def serve(settings: Settings) -> None:
             settings.store_flush_seconds,
         ).running() as output,
     ):
-        worker = Worker(settings, messages, model, output)
-        await _listen_for_stops(connection, worker)
+        control_channel = await connection.channel()
+        control = await broker.declare_control_exchange(control_channel)
+        turns = TurnOrder(control)
+        worker = Worker(settings, messages, model, output, turns)
+        await _listen_for_control(control_channel, control, worker, turns)
         jobs_channel = await connection.channel()
         await jobs_channel.set_qos(prefetch_count=settings.responder_concurrency)
         jobs = await broker.declare_chat_queue(jobs_channel)
         with metrics_served(
             settings.metrics_port, settings.responder_concurrency, lambda: len(worker.jobs)
         ):
-            await _consume(settings, worker, jobs, messages, output, lease)
+            async with worker.running():
+                await _consume(settings, worker, jobs, messages, output, turns, lease)
     await model.close()
     await database.client.close()
     log.info("stopped")
@@ -65,12 +76,13 @@ async def _consume(
     jobs: AbstractQueue,
     messages: ReplyStore,
     output: ReplyOutput,
+    turns: TurnOrder,
     lease: timedelta,
 ) -> None:
     """Take jobs until SIGTERM or SIGINT, then finish or hand back the replies in hand."""
     async with background(
         keep_leases(messages, lambda: worker.held_replies, lease),
-        end_abandoned(messages, output, lambda: worker.held_replies, lease),
+        end_abandoned(messages, output, turns, lambda: worker.held_replies, lease),
     ):
         consumer = await jobs.consume(worker.handle)
         log.info(
@@ -84,19 +96,26 @@ async def _consume(
         await worker.drain(settings.shutdown_grace_seconds)
 
 
-async def _listen_for_stops(connection: AbstractRobustConnection, worker: Worker) -> None:
-    channel = await connection.channel()
-    control = await broker.declare_control_exchange(channel)
+async def _listen_for_control(
+    channel: AbstractChannel, control: AbstractExchange, worker: Worker, turns: TurnOrder
+) -> None:
+    """Stop requests for the replies written here; notices of finished replies, whose
+    successors may be waiting here."""
     queue = await channel.declare_queue(exclusive=True, auto_delete=True)
     await queue.bind(control)
 
-    async def on_stop(message: AbstractIncomingMessage) -> None:
+    async def on_control(message: AbstractIncomingMessage) -> None:
         try:
-            worker.stop(StopRequest.model_validate_json(message.body).message_id)
+            notice = broker.read_control(message)
         except ValidationError as error:
             log.error("ignoring a malformed control message: %s", error)
+            return
+        if isinstance(notice, StopRequest):
+            worker.stop(notice.message_id)
+        else:
+            turns.heard(ConversationKey(notice.owner, notice.conversation_id))
 
-    await queue.consume(on_stop, no_ack=True)
+    await queue.consume(on_control, no_ack=True)
 
 
 async def _terminated() -> None:

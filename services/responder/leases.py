@@ -14,8 +14,10 @@ import structlog
 
 from services.responder.metrics import count_finished
 from services.responder.output import ReplyOutput
+from services.responder.turn_order import TurnOrder
 from services.responder.usage import given_up_ending
 from shared.events import finished_event
+from shared.keys import key_of_message
 from shared.store.replies import ReplyStore
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ async def keep_leases(store: ReplyStore, held: Callable[[], list[str]], lease: t
 async def end_abandoned(
     store: ReplyStore,
     output: ReplyOutput,
+    turns: TurnOrder,
     held: Callable[[], list[str]],
     lease: timedelta,
 ) -> None:
@@ -49,6 +52,7 @@ async def end_abandoned(
                 failed = await store.give_up(reply.message, ABANDONED, given_up_ending(reply))
                 if failed is not None:
                     count_finished(failed)
+                    turns.finished(key_of_message(failed))
                     with structlog.contextvars.bound_contextvars(
                         conversationId=failed.conversation_id, messageId=failed.id
                     ):

@@ -22,7 +22,7 @@ from tenacity import AsyncRetrying, before_sleep_log, stop_after_delay, wait_exp
 
 from services.responder.draft import Draft, Progress
 from shared.batches import Batches
-from shared.broker import EVENTS_RESEND_SECONDS, EventSink, publish_events
+from shared.broker import EVENTS_RESEND_SECONDS, Sink, publish_events
 from shared.events import Event, MessageEvent, encode_batch
 from shared.tasks import background
 
@@ -36,7 +36,7 @@ class ProgressStore(Protocol):
 
 
 class ReplyOutput:
-    def __init__(self, exchange: EventSink, store: ProgressStore, store_interval: float) -> None:
+    def __init__(self, exchange: Sink, store: ProgressStore, store_interval: float) -> None:
         self._exchange = exchange
         self._store = store
         self._store_interval = store_interval

@@ -3,9 +3,10 @@
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -28,12 +29,16 @@ from services.responder.metrics import (
 )
 from services.responder.model import ChatModel, ModelError, StreamEnd
 from services.responder.output import ReplyOutput
+from services.responder.turn_order import TurnOrder
 from services.responder.usage import FINISHED_WITHOUT_REASON, final_usage, given_up_ending
+from shared.batches import BatchedCalls
 from shared.events import UPDATED, finished_event, message_event
+from shared.keys import key_of_message
 from shared.logs import about_message
 from shared.schemas import FINISH_ERROR, FINISH_STOPPED, FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
-from shared.store.replies import Ending, ReplyStore, StoredReply
+from shared.store.replies import Claim, Ending, ReplyStore, StoredReply
+from shared.tasks import background
 
 log = logging.getLogger(__name__)
 events = structlog.get_logger(__name__)
@@ -45,7 +50,8 @@ FINISH_RETRY_SECONDS = 120.0
 
 
 def poll_delays() -> Iterator[float]:
-    """Short at first, so a turn that frees up soon is taken at once; then patient."""
+    """How often a reply another responder holds is looked at again: soon at first, so one it
+    lets go of is taken at once; then patiently, until its lease runs out."""
     delay = FIRST_POLL_SECONDS
     while True:
         yield delay
@@ -92,13 +98,23 @@ class Worker:
         store: ReplyStore,
         model: ChatModel,
         output: ReplyOutput,
+        turns: TurnOrder,
     ) -> None:
         self.settings = settings
         self.lease = timedelta(seconds=settings.reply_lease_seconds)
         self.store = store
         self.model = model
         self.output = output
+        self.turns = turns
         self.jobs: dict[str, Job] = {}
+        self._replies = BatchedCalls(store.get_replies)
+        self._claims = BatchedCalls(functools.partial(store.claim_replies, lease=self.lease))
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator["Worker"]:
+        """Starts go by batch: a burst of jobs costs a few round trips, not a few per job."""
+        async with background(self._replies.serve(), self._claims.serve()):
+            yield self
 
     @property
     def held_replies(self) -> list[str]:
@@ -153,7 +169,7 @@ class Worker:
         return Settlement.REQUEUE
 
     async def respond(self, request: ChatJob, job: Job) -> Settlement:
-        reply = await self.store.get_reply(request.message_id)
+        reply = await self._replies(request.message_id)
         if reply is None:
             log.warning("chat-message for unknown reply %s: nothing to do", request.message_id)
             return Settlement.ACK
@@ -168,13 +184,11 @@ class Worker:
             if attempts >= settings.reply_max_attempts:
                 if await self._give_up(reply, f"gave up after {attempts} attempts"):
                     return Settlement.DEAD_LETTER
-            elif claimed := await self.store.claim_reply(
-                reply, self.lease, context.tokens, self.model.model
-            ):
+            elif claimed := await self._claims(Claim(reply, context.tokens, self.model.model)):
                 break
             # another responder holds it: wait for it or for its lease to run out
             await asyncio.sleep(next(delays))
-            reply = await self.store.get_reply(request.message_id)
+            reply = await self._replies(request.message_id)
         job.reply_id = claimed.message.id
         if claimed.message.attempt > 1:
             LEASE_TAKEOVERS.inc()
@@ -188,12 +202,10 @@ class Worker:
         Returns the reply's context, read once every earlier reply has finished: the path from
         the conversation's first message to the user message it answers (its branch only).
         """
-        for delay in poll_delays():
-            path = await self.store.path_if_next(reply)
-            if path is not None:
-                return path[-self.settings.context_messages :]
-            await asyncio.sleep(delay)
-        raise AssertionError("unreachable: poll_delays never ends")
+        path = await self.turns.wait(
+            key_of_message(reply.message), reply.order, lambda: self.store.path_if_next(reply)
+        )
+        return path[-self.settings.context_messages :]
 
     async def _stream(self, claimed: StoredReply, context: Context, job: Job) -> None:
         draft = Draft(claimed.message)
@@ -226,6 +238,7 @@ class Worker:
         finished = await self._finish(draft, progress, status, ending, error, job.stopping)
         if finished is not None:
             count_finished(finished)
+            self.turns.finished(key_of_message(finished))
             events.info(
                 "reply finished",
                 status=finished.status.value,
@@ -274,6 +287,7 @@ class Worker:
         failed = await self.store.give_up(reply.message, error, given_up_ending(reply))
         if failed is not None:
             count_finished(failed)
+            self.turns.finished(key_of_message(failed))
             await self.output.send(finished_event(failed))
         return failed is not None
 

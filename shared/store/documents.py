@@ -99,6 +99,17 @@ def with_parents(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return documents
 
 
+def path_to_message(message_id: str, earlier: list[dict[str, Any]]) -> list[Message]:
+    """The messages from the first one to `message_id`, following parents back from it."""
+    by_id = {document["_id"]: document for document in earlier}
+    path: list[dict[str, Any]] = []
+    step: str | None = message_id
+    while step is not None and step in by_id and len(path) < len(earlier):
+        path.append(by_id[step])
+        step = by_id[step]["parentId"]
+    return [Message.from_document(document) for document in reversed(path)]
+
+
 async def find_message(messages: Collection, query: dict[str, Any]) -> Message | None:
     document = await messages.find_one(query)
     return None if document is None else Message.from_document(document)

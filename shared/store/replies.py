@@ -4,9 +4,10 @@ A reply carries a lease: the responder writing it renews it, so a reply whose re
 vanished can be taken over (by a redelivered job) or, if nobody does, ended as failed.
 """
 
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from pymongo import ASCENDING, UpdateOne
@@ -20,6 +21,7 @@ from shared.store.documents import (
     messages_of,
     now,
     owned_by,
+    path_to_message,
     with_parents,
 )
 
@@ -94,6 +96,35 @@ class Ending:
         return fields
 
 
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A reply to start, with what its attempt sends: the context's size (kept for a usage
+    estimate should the attempt end without the provider's count) and the model asked."""
+
+    reply: StoredReply
+    prompt_tokens: int
+    model: str | None
+
+    def started(self) -> StoredReply:
+        message = self.reply.message.model_copy(
+            update={
+                "status": Status.STREAMING,
+                "message": "",
+                "seq": 0,
+                "attempt": self.reply.message.attempt + 1,
+                "error": None,
+                "reasoning": None,
+                "usage": None,
+                "finish_reason": None,
+                "model": self.model or self.reply.message.model,
+            }
+        )
+        reply = self.reply
+        return StoredReply(
+            message, reply.order, reply.stop_requested, reply.user_message_id, self.prompt_tokens
+        )
+
+
 class ReplyStore:
     def __init__(self, database: Database) -> None:
         self.messages = messages_of(database)
@@ -106,25 +137,27 @@ class ReplyStore:
             "leaseUntil", partialFilterExpression={"status": Status.STREAMING.value}
         )
 
-    async def get_reply(self, message_id: str) -> StoredReply | None:
-        document = await self.messages.find_one({"_id": message_id, "from": "assistant"})
-        return None if document is None else StoredReply.from_document(document)
-
-    async def path_to(self, reply: StoredReply) -> list[Message]:
-        """The model's context for `reply`: the path from the conversation's first message to
-        the user message it answers, that one last. Other branches are not on it."""
-        return follow_parents(reply, await self._earlier(reply))
+    async def get_replies(self, message_ids: list[str]) -> list[StoredReply | None]:
+        """The replies of `message_ids`, in order (None where there is none): one round trip."""
+        cursor = self.messages.find({"_id": {"$in": message_ids}, "from": "assistant"})
+        found = {document["_id"]: document async for document in cursor}
+        return [
+            StoredReply.from_document(found[message_id]) if message_id in found else None
+            for message_id in message_ids
+        ]
 
     async def path_if_next(self, reply: StoredReply) -> list[Message] | None:
-        """`path_to(reply)`, or None while an earlier reply of the conversation (on any branch)
-        is unfinished: replies are written one at a time, in creation order. One read."""
+        """The model's context for `reply`: the path from the conversation's first message to
+        the user message it answers, that one last (other branches are not on it). None while
+        an earlier reply of the conversation (on any branch) is unfinished: replies are written
+        one at a time, in creation order. One read."""
         earlier = await self._earlier(reply)
         if any(
             document["from"] == "assistant" and document["status"] in UNFINISHED_VALUES
             for document in earlier
         ):
             return None
-        return follow_parents(reply, earlier)
+        return path_to_message(reply.user_message_id, earlier)
 
     async def _earlier(self, reply: StoredReply) -> list[dict[str, Any]]:
         """Every message of the conversation created before `reply`, oldest first."""
@@ -136,48 +169,23 @@ class ReplyStore:
         cursor = self.messages.find(before).sort("order", ASCENDING)
         return with_parents([document async for document in cursor])
 
-    async def claim_reply(
-        self, reply: StoredReply, lease: timedelta, prompt_tokens: int = 0, model: str | None = None
-    ) -> StoredReply | None:
-        """Start the next attempt at a reply nobody holds, from an empty text; None if held.
-
-        `prompt_tokens` (the context's size) is kept for a usage estimate should the attempt
-        end without the provider's count; `model` is the model asked.
-        """
-        attempt = reply.message.attempt
-        result = await self.messages.update_one(
-            {"_id": reply.message.id, "attempt": attempt, **free()},
-            {
-                "$set": {
-                    "status": Status.STREAMING.value,
-                    "message": "",
-                    "seq": 0,
-                    "attempt": attempt + 1,
-                    "leaseUntil": now() + lease,
-                    "promptTokens": prompt_tokens,
-                    **({"model": model} if model else {}),
-                },
-                "$unset": {"error": "", "reasoning": "", "usage": "", "finishReason": ""},
-            },
+    async def claim_replies(
+        self, claims: list[Claim], lease: timedelta
+    ) -> list[StoredReply | None]:
+        """Start the next attempt at each reply nobody holds, from an empty text (None for one
+        held meanwhile): one round trip, a second only if another responder took some first."""
+        holder = uuid.uuid4().hex
+        lease_until = now() + lease
+        result = await self.messages.bulk_write(
+            [_claim_update(claim, holder, lease_until) for claim in claims], ordered=False
         )
-        if result.modified_count != 1:
-            return None
-        started = reply.message.model_copy(
-            update={
-                "status": Status.STREAMING,
-                "message": "",
-                "seq": 0,
-                "attempt": attempt + 1,
-                "error": None,
-                "reasoning": None,
-                "usage": None,
-                "finish_reason": None,
-                "model": model or reply.message.model,
-            }
-        )
-        return StoredReply(
-            started, reply.order, reply.stop_requested, reply.user_message_id, prompt_tokens
-        )
+        ids = [claim.reply.message.id for claim in claims]
+        if result.modified_count == len(claims):
+            won = set(ids)
+        else:
+            cursor = self.messages.find({"_id": {"$in": ids}, "holder": holder}, {"_id": 1})
+            won = {document["_id"] async for document in cursor}
+        return [claim.started() if claim.reply.message.id in won else None for claim in claims]
 
     async def renew_leases(self, message_ids: list[str], lease: timedelta) -> None:
         if message_ids:
@@ -266,19 +274,28 @@ class ReplyStore:
         return [StoredReply.from_document(document) async for document in cursor]
 
 
-def follow_parents(reply: StoredReply, earlier: list[dict[str, Any]]) -> list[Message]:
-    """Follow parents from the reply's user message back to the first message."""
-    by_id = {document["_id"]: document for document in earlier}
-    path: list[dict[str, Any]] = []
-    step: str | None = reply.user_message_id
-    while step is not None and step in by_id and len(path) < len(earlier):
-        path.append(by_id[step])
-        step = by_id[step]["parentId"]
-    return [Message.from_document(document) for document in reversed(path)]
-
-
 def _progress_fields(item: TextSoFar) -> dict[str, Any]:
     fields: dict[str, Any] = {"message": item.text, "seq": item.seq}
     if item.reasoning:
         fields["reasoning"] = item.reasoning
     return fields
+
+
+def _claim_update(claim: Claim, holder: str, lease_until: datetime) -> UpdateOne:
+    message = claim.reply.message
+    return UpdateOne(
+        {"_id": message.id, "attempt": message.attempt, **free()},
+        {
+            "$set": {
+                "status": Status.STREAMING.value,
+                "message": "",
+                "seq": 0,
+                "attempt": message.attempt + 1,
+                "leaseUntil": lease_until,
+                "holder": holder,
+                "promptTokens": claim.prompt_tokens,
+                **({"model": claim.model} if claim.model else {}),
+            },
+            "$unset": {"error": "", "reasoning": "", "usage": "", "finishReason": ""},
+        },
+    )

@@ -56,7 +56,8 @@ async def test_old_conversations_are_listed_and_read_as_one_chain(
     )
     messages = await store.list_messages("local", "old")
     assert [message.parent_id for message in messages] == [None, "u1", "a1", "u2"]
-    reply = await ReplyStore(old_database).get_reply("a2")
+    (reply,) = await ReplyStore(old_database).get_replies(["a2"])
     assert reply is not None
-    path = await ReplyStore(old_database).path_to(reply)
+    path = await ReplyStore(old_database).path_if_next(reply)
+    assert path is not None
     assert [message.id for message in path] == ["u1", "a1", "u2"]

@@ -2,8 +2,8 @@
 
 from typing import Any
 
-from shared.store.documents import with_parents
-from shared.store.replies import StoredReply, follow_parents
+from shared.store.documents import path_to_message, with_parents
+from shared.store.replies import StoredReply
 
 
 def _document(id: str, sender: str, order: int, **fields: Any) -> dict[str, Any]:
@@ -38,4 +38,5 @@ def test_the_path_follows_parents_and_leaves_other_branches_out() -> None:
     reply = StoredReply.from_document(
         _document("a2b", "assistant", 6, parentId="u2b", userMessageId="u2b", status="created")
     )
-    assert [message.id for message in follow_parents(reply, earlier)] == ["u1", "a1", "u2b"]
+    path = path_to_message(reply.user_message_id, earlier)
+    assert [message.id for message in path] == ["u1", "a1", "u2b"]

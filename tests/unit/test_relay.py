@@ -13,8 +13,8 @@ import orjson
 import pytest
 
 from services.api.hub import Hub, Subscriber
-from services.api.keys import ConversationKey
 from shared.events import MessageEventType, delta_event, message_event
+from shared.keys import ConversationKey
 from shared.schemas import LOCAL_OWNER, Message, Status
 from tests.clients import Rebuilder
 from tests.factories import message

@@ -1,6 +1,8 @@
-"""What a live subscription is keyed by, defined once for the route, the hub and the replies."""
+"""What a conversation is keyed by, defined once for the relay, its routes and the responders."""
 
 from typing import Any, NamedTuple
+
+from shared.schemas import Message
 
 
 class ConversationKey(NamedTuple):
@@ -16,3 +18,7 @@ class ConversationKey(NamedTuple):
 def key_of(message: dict[str, Any]) -> ConversationKey:
     """The subscribers a message's events go to."""
     return ConversationKey(message["owner"], message["conversationId"])
+
+
+def key_of_message(message: Message) -> ConversationKey:
+    return ConversationKey(message.owner, message.conversation_id)
