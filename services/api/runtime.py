@@ -20,7 +20,7 @@ from shared.settings import Settings
 from shared.store.conversations import ConversationStore
 from shared.store.database import Database, connect, ping
 from shared.store.turns import TurnStore
-from shared.store.upgrade import summarise_old_conversations
+from shared.store.upgrade import upgrade
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class Runtime:
         turn_store = TurnStore(database)
         await conversations.ensure_indexes()
         await turn_store.ensure_indexes()
-        await summarise_old_conversations(database)
+        await upgrade(database)
         connection = await broker.connect(settings.rabbitmq_url, timeout)
         channel = await connection.channel()
         live_channel = await connection.channel(publisher_confirms=False)

@@ -29,6 +29,7 @@ from shared.settings import Settings, get_settings
 from shared.startup import run_service
 from shared.store.database import connect
 from shared.store.replies import ReplyStore
+from shared.store.upgrade import own_old_messages
 from shared.tasks import background
 
 log = logging.getLogger("responder")
@@ -39,6 +40,7 @@ async def serve(settings: Settings) -> None:
     database = await connect(settings.mongodb_url, settings.mongodb_db, timeout)
     messages = ReplyStore(database)
     await messages.ensure_indexes()
+    await own_old_messages(database)
     model = ChatModel(settings)
     await model.check(timeout)
     await asyncio.to_thread(tokens.encoding)  # load the tokenizer now, not on the first reply

@@ -108,12 +108,13 @@ class Worker:
         self.turns = turns
         self.jobs: dict[str, Job] = {}
         self._replies = BatchedCalls(store.get_replies)
+        self._paths = BatchedCalls(store.paths_if_next)
         self._claims = BatchedCalls(functools.partial(store.claim_replies, lease=self.lease))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator["Worker"]:
         """Starts go by batch: a burst of jobs costs a few round trips, not a few per job."""
-        async with background(self._replies.serve(), self._claims.serve()):
+        async with background(self._replies.serve(), self._paths.serve(), self._claims.serve()):
             yield self
 
     @property
@@ -203,7 +204,7 @@ class Worker:
         the conversation's first message to the user message it answers (its branch only).
         """
         path = await self.turns.wait(
-            key_of_message(reply.message), reply.order, lambda: self.store.path_if_next(reply)
+            key_of_message(reply.message), reply.order, lambda: self._paths(reply)
         )
         return path[-self.settings.context_messages :]
 

@@ -29,7 +29,6 @@ from shared.store.documents import (
     conversations_of,
     find_message,
     messages_of,
-    owned_by,
     with_parents,
 )
 
@@ -107,7 +106,7 @@ class ConversationStore:
 
     async def locate(self, owner: str, message_id: str) -> Message | None:
         """A message of this owner's, in whichever conversation it is."""
-        return await find_message(self.messages, {"_id": message_id, **owned_by(owner)})
+        return await find_message(self.messages, {"_id": message_id, "owner": owner})
 
     async def question_of(self, reply: Message) -> Message | None:
         """The user message a reply answers (its parent; for replies before trees, recorded)."""
@@ -123,7 +122,7 @@ class ConversationStore:
             "conversationId": conversation_id,
             "from": "assistant",
             "status": {"$in": UNFINISHED_VALUES},
-            **owned_by(owner),
+            "owner": owner,
         }
         cursor = self.messages.find(query).sort("order", ASCENDING)
         return [Message.from_document(document) async for document in cursor]
@@ -131,7 +130,7 @@ class ConversationStore:
     async def delete(self, owner: str, conversation_id: str) -> bool:
         """Remove every document of the conversation; False if there was none."""
         messages = await self.messages.delete_many(
-            {"conversationId": conversation_id, **owned_by(owner)}
+            {"conversationId": conversation_id, "owner": owner}
         )
         summary = await self.conversations.delete_one(
             {"_id": conversation_key(owner, conversation_id)}
@@ -146,11 +145,11 @@ class ConversationStore:
         return await self.get_conversation(owner, conversation_id)
 
     async def conversation_exists(self, owner: str, conversation_id: str) -> bool:
-        existing = {"conversationId": conversation_id, **owned_by(owner)}
+        existing = {"conversationId": conversation_id, "owner": owner}
         return await self.messages.count_documents(existing, limit=1) > 0
 
     async def list_messages(self, owner: str, conversation_id: str) -> list[Message]:
-        query = {"conversationId": conversation_id, **owned_by(owner)}
+        query = {"conversationId": conversation_id, "owner": owner}
         cursor = self.messages.find(query).sort("order", ASCENDING)
         documents = with_parents([document async for document in cursor])
         return [Message.from_document(document) for document in documents]
@@ -158,7 +157,7 @@ class ConversationStore:
     async def get_message(
         self, owner: str, conversation_id: str, message_id: str
     ) -> Message | None:
-        query = {"_id": message_id, "conversationId": conversation_id, **owned_by(owner)}
+        query = {"_id": message_id, "conversationId": conversation_id, "owner": owner}
         return await find_message(self.messages, query)
 
     async def request_stop(
@@ -172,7 +171,7 @@ class ConversationStore:
             "_id": message_id,
             "conversationId": conversation_id,
             "from": "assistant",
-            **owned_by(owner),
+            "owner": owner,
         }
         document = await self.messages.find_one_and_update(
             {**where, "status": Status.CREATED.value},

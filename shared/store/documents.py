@@ -11,7 +11,7 @@ from typing import Any
 
 from bson import ObjectId
 
-from shared.schemas import LOCAL_OWNER, UNFINISHED, Message
+from shared.schemas import UNFINISHED, Message
 from shared.store.database import Collection, Database
 
 MESSAGES = "messages"
@@ -62,13 +62,6 @@ def conversations_of(database: Database) -> Collection:
 def conversation_key(owner: str, conversation_id: str) -> str:
     """The `_id` of a conversation document: unique, since a conversation id holds no `/`."""
     return f"{owner}/{conversation_id}"
-
-
-def owned_by(owner: str) -> dict[str, Any]:
-    """Documents of `owner`; for the open mode's user, also those stored before owners existed."""
-    if owner == LOCAL_OWNER:
-        return {"owner": {"$in": [LOCAL_OWNER, None]}}
-    return {"owner": owner}
 
 
 def free() -> dict[str, Any]:

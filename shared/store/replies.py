@@ -4,6 +4,7 @@ A reply carries a lease: the responder writing it renews it, so a reply whose re
 vanished can be taken over (by a redelivered job) or, if nobody does, ended as failed.
 """
 
+import asyncio
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,7 +21,6 @@ from shared.store.documents import (
     free,
     messages_of,
     now,
-    owned_by,
     path_to_message,
     with_parents,
 )
@@ -146,28 +146,36 @@ class ReplyStore:
             for message_id in message_ids
         ]
 
-    async def path_if_next(self, reply: StoredReply) -> list[Message] | None:
-        """The model's context for `reply`: the path from the conversation's first message to
-        the user message it answers, that one last (other branches are not on it). None while
-        an earlier reply of the conversation (on any branch) is unfinished: replies are written
-        one at a time, in creation order. One read."""
-        earlier = await self._earlier(reply)
-        if any(
-            document["from"] == "assistant" and document["status"] in UNFINISHED_VALUES
-            for document in earlier
-        ):
-            return None
-        return path_to_message(reply.user_message_id, earlier)
+    async def paths_if_next(self, replies: list[StoredReply]) -> list[list[Message] | None]:
+        """Each reply's context for the model: the path from its conversation's first message
+        to the user message it answers, that one last (other branches are not on it). None for
+        a reply while an earlier reply of its conversation (on any branch) is unfinished:
+        replies are written one at a time, in creation order.
 
-    async def _earlier(self, reply: StoredReply) -> list[dict[str, Any]]:
-        """Every message of the conversation created before `reply`, oldest first."""
-        before = {
-            **owned_by(reply.message.owner),
-            "conversationId": reply.message.conversation_id,
-            "order": {"$lt": reply.order},
-        }
-        cursor = self.messages.find(before).sort("order", ASCENDING)
-        return with_parents([document async for document in cursor])
+        One read per owner among `replies`: SecantusDB answers one `$in` over a user's
+        conversations several times faster than a read per conversation.
+        """
+        wanted: dict[str, set[str]] = {}
+        for reply in replies:
+            wanted.setdefault(reply.message.owner, set()).add(reply.message.conversation_id)
+        found = await asyncio.gather(
+            *(self._conversations(owner, ids) for owner, ids in wanted.items())
+        )
+        conversations = {key: documents for each in found for key, documents in each.items()}
+        return [_path_if_next(reply, conversations.get(_key(reply), [])) for reply in replies]
+
+    async def _conversations(
+        self, owner: str, conversation_ids: set[str]
+    ) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """Every message of these conversations, each conversation's in creation order."""
+        query = {"owner": owner, "conversationId": {"$in": sorted(conversation_ids)}}
+        conversations: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        async for document in self.messages.find(query):
+            conversations.setdefault((owner, document["conversationId"]), []).append(document)
+        for documents in conversations.values():
+            documents.sort(key=lambda document: int(document["order"]))
+            with_parents(documents)
+        return conversations
 
     async def claim_replies(
         self, claims: list[Claim], lease: timedelta
@@ -279,6 +287,20 @@ def _progress_fields(item: TextSoFar) -> dict[str, Any]:
     if item.reasoning:
         fields["reasoning"] = item.reasoning
     return fields
+
+
+def _key(reply: StoredReply) -> tuple[str, str]:
+    return (reply.message.owner, reply.message.conversation_id)
+
+
+def _path_if_next(reply: StoredReply, conversation: list[dict[str, Any]]) -> list[Message] | None:
+    earlier = [document for document in conversation if document["order"] < reply.order]
+    if any(
+        document["from"] == "assistant" and document["status"] in UNFINISHED_VALUES
+        for document in earlier
+    ):
+        return None
+    return path_to_message(reply.user_message_id, earlier)
 
 
 def _claim_update(claim: Claim, holder: str, lease_until: datetime) -> UpdateOne:

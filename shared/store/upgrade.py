@@ -1,8 +1,10 @@
 """Bring data stored by earlier versions up to date at start-up, so an upgrade needs no manual step.
 
-Conversations stored before conversation documents existed get one, summarised from their
-messages. (Messages stored before trees need nothing: they read as one chain, see
-`documents.with_parents`.)
+Messages stored before users existed are given the open mode's user, so every query matches
+an owner by equality (SecantusDB answers `owner: {$in: [..., null]}` with a collection scan: a
+second per history read under a burst). Conversations stored before conversation documents
+existed get one, summarised from their messages. (Messages stored before trees need nothing:
+they read as one chain, see `documents.with_parents`.)
 """
 
 import logging
@@ -39,6 +41,20 @@ SUMMARISE: list[dict[str, Any]] = [
 ]
 
 
+async def own_old_messages(database: Database) -> None:
+    """Messages without an owner are the open mode's user's: say so, once."""
+    result = await messages_of(database).update_many(
+        {"owner": None}, {"$set": {"owner": LOCAL_OWNER}}
+    )
+    if result.modified_count:
+        log.info("gave %d messages stored before users their owner", result.modified_count)
+
+
+async def upgrade(database: Database) -> None:
+    await own_old_messages(database)
+    await summarise_old_conversations(database)
+
+
 async def summarise_old_conversations(database: Database) -> None:
     """Create the missing conversation documents, once: only while there are none at all."""
     conversations, messages = conversations_of(database), messages_of(database)
@@ -46,7 +62,7 @@ async def summarise_old_conversations(database: Database) -> None:
         return
     updates = [
         UpdateOne(
-            {"_id": conversation_key(row["owner"] or LOCAL_OWNER, row["_id"])},
+            {"_id": conversation_key(row["owner"], row["_id"])},
             {"$setOnInsert": _summary(row)},
             upsert=True,
         )
@@ -59,7 +75,7 @@ async def summarise_old_conversations(database: Database) -> None:
 
 def _summary(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "owner": row["owner"] or LOCAL_OWNER,
+        "owner": row["owner"],
         "conversationId": row["_id"],
         "title": title_of(row["firstText"]),
         "createdAt": _moment(row["firstAt"]),

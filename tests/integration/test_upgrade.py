@@ -1,4 +1,4 @@
-"""Data stored before conversation documents and trees: usable after an upgrade, untouched."""
+"""Data stored before users, conversation documents and trees: usable after an upgrade."""
 
 import uuid
 from collections.abc import AsyncIterator
@@ -9,7 +9,7 @@ from pymongo import AsyncMongoClient
 from shared.store.conversations import ConversationStore
 from shared.store.database import Database, Document
 from shared.store.replies import ReplyStore
-from shared.store.upgrade import summarise_old_conversations
+from shared.store.upgrade import upgrade
 
 
 @pytest.fixture
@@ -41,8 +41,10 @@ async def old_database(mongodb_url: str) -> AsyncIterator[Database]:
 async def test_old_conversations_are_listed_and_read_as_one_chain(
     old_database: Database,
 ) -> None:
-    await summarise_old_conversations(old_database)
-    await summarise_old_conversations(old_database)  # a second start changes nothing
+    await upgrade(old_database)
+    await upgrade(old_database)  # a second start changes nothing
+    owners = await old_database["messages"].distinct("owner")
+    assert owners == ["local"], "messages stored before users are the open mode's user's"
 
     store = ConversationStore(old_database)
     conversations, following = await store.list_conversations("local", 10, None)
@@ -58,6 +60,6 @@ async def test_old_conversations_are_listed_and_read_as_one_chain(
     assert [message.parent_id for message in messages] == [None, "u1", "a1", "u2"]
     (reply,) = await ReplyStore(old_database).get_replies(["a2"])
     assert reply is not None
-    path = await ReplyStore(old_database).path_if_next(reply)
+    (path,) = await ReplyStore(old_database).paths_if_next([reply])
     assert path is not None
     assert [message.id for message in path] == ["u1", "a1", "u2"]
