@@ -30,6 +30,9 @@ from bench.stack import Target, local_stack, running_stack
 from devstack.processes import ROOT
 
 SWEEP = {20.0: [1, 20, 100, 200, 400], 5.0: [1, 20, 100]}
+SWEEP_BURSTS = {20.0: [100, 200]}
+"""Also in the sweep: every user posting at the same instant (--ramp-ms 0), a load as real as a
+ramp and a harder one for everything that starts a reply."""
 
 
 def _counts(text: str) -> list[int]:
@@ -157,17 +160,26 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def plan(args: argparse.Namespace) -> list[Load]:
     grid = SWEEP if args.sweep else {delay: args.conversations for delay in args.delay_ms}
-    return [_load(args, count, delay) for delay, counts in grid.items() for count in counts]
+    loads = [_load(args, count, delay) for delay, counts in grid.items() for count in counts]
+    if args.sweep:
+        loads += [
+            _load(args, count, delay, ramp_ms=0.0)
+            for delay, counts in SWEEP_BURSTS.items()
+            for count in counts
+        ]
+    return loads
 
 
-def _load(args: argparse.Namespace, conversations: int, delay_ms: float) -> Load:
+def _load(
+    args: argparse.Namespace, conversations: int, delay_ms: float, ramp_ms: float | None = None
+) -> Load:
     reply_s = (args.tokens + args.reasoning_tokens) * delay_ms / 1000
     timeout = args.timeout or 30 + 3 * reply_s + 0.05 * conversations
     return Load(
         conversations=conversations,
         tokens=args.tokens,
         delay_ms=delay_ms,
-        ramp_ms=args.ramp_ms if conversations > 1 else 0.0,
+        ramp_ms=(args.ramp_ms if ramp_ms is None else ramp_ms) if conversations > 1 else 0.0,
         timeout_s=timeout,
         ws_compression=args.ws_compression,
         reasoning_tokens=args.reasoning_tokens,
@@ -255,7 +267,9 @@ async def _search(
 
 
 def _label(index: int, total: int, load: Load) -> str:
-    return f"run {index}/{total} N={load.conversations} D={load.delay_ms:g}ms T={load.tokens}"
+    burst = " burst" if load.conversations > 1 and load.ramp_ms == 0 else ""
+    shape = f"N={load.conversations}{burst} D={load.delay_ms:g}ms T={load.tokens}"
+    return f"run {index}/{total} {shape}"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -5,6 +5,7 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import parse_args, plan
 from bench.analysis import analyse_run, rebuild
 from bench.client import Conversation, Frame, Load
 from bench.metrics import align_tokens, lags_ms, percentile, summarize
@@ -234,3 +235,11 @@ def test_a_reply_that_failed_upstream_counts_as_failed_not_lost() -> None:
     assert (result.lost, result.duplicated, result.mismatched_replies) == (0, 0, 0)
     assert result.failed_conversations == 1
     assert result.errors == ["reply failed: model API timed out"]
+
+
+def test_the_sweep_also_measures_bursts() -> None:
+    loads = plan(parse_args(["--sweep"]))
+    bursts = [(load.conversations, load.delay_ms) for load in loads if load.ramp_ms == 0]
+    assert (100, 20.0) in bursts and (200, 20.0) in bursts
+    ramped = [load for load in loads if load.conversations == 100 and load.delay_ms == 20]
+    assert sorted(load.ramp_ms for load in ramped) == [0.0, 1000.0]
