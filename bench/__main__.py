@@ -123,6 +123,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="record py-spy profiles of the Python processes per run into DIR (needs py-spy)",
     )  # fmt: skip
     output.add_argument(
+        "--db-profile", action="store_true",
+        help="MongoDB's profiler on every command of each run: the database's time per command",
+    )  # fmt: skip
+    output.add_argument(
         "--logs", type=Path, help="service logs of the bench's own stack (default bench-results/)"
     )
 
@@ -217,7 +221,9 @@ async def _measure_all(args: argparse.Namespace, log_dir: Path, outcome: Finding
     show = not args.no_progress
 
     async def run_on(target: Target, batch: list[tuple[str, Load]], search: bool) -> None:
-        async with Runner.open(target, show, args.profile, args.quiet, args.keep_data) as runner:
+        async with Runner.open(
+            target, show, args.profile, args.quiet, args.keep_data, args.db_profile
+        ) as runner:
             if not args.no_warmup:
                 await runner.warm_up()
             for label, load in batch:

@@ -6,7 +6,7 @@ from typing import Any
 
 from bench.client import Conversation, Load
 from bench.metrics import Alignment, Summary, align_tokens, lags_ms, summarize
-from bench.probes import AmqpCounts, Usage, Writes
+from bench.probes import AmqpCounts, CommandTime, Usage, Writes
 
 DELTA = "message.delta"
 
@@ -81,6 +81,8 @@ class RunResult:
     """`run` for the planned loads, `search` for the probes of --find-max."""
     profiles: dict[str, str] = field(default_factory=dict)
     """py-spy raw profiles of this run by process name, with --profile."""
+    database_commands: list[CommandTime] = field(default_factory=list)
+    """The database's time per kind of command over this run, with --db-profile."""
 
 
 def rebuild(conversation: Conversation) -> tuple[list[tuple[float, str]], str | None, int, int]:

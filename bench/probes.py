@@ -7,6 +7,7 @@
   POST for the total.
 - MongoDB writes: `serverStatus` opcounters (write commands: one bulk write is one command) and
   the oplog of the one-node replica set (documents written), both taken before and after a run.
+- MongoDB time per command (--db-profile): the database's own profiler over the run.
 """
 
 import asyncio
@@ -316,3 +317,78 @@ class MongoWrites:
 
     def close(self) -> None:
         self._client.close()
+
+
+@dataclass(frozen=True, slots=True)
+class CommandTime:
+    """The database's own timing of one kind of command over a run (its profiler's `millis`)."""
+
+    command: str
+    """Command and collection, e.g. `update messages`."""
+    count: int
+    documents: int | None
+    """Documents the commands carried: inserted, or updated (one per update statement); None
+    for reads, whose profile entries SecantusDB does not count."""
+    total_ms: float
+    p50_ms: float
+    max_ms: float
+
+
+class MongoProfiler:
+    """MongoDB's profiler (level 2: every command) on the services' database during a run.
+
+    It answers what a burst costs the database per command, measured by the database itself,
+    so the stand-in's floor can be told apart from the services' own time.
+    """
+
+    def __init__(self, url: str, database: str) -> None:
+        self._client: MongoClient[dict[str, Any]] = MongoClient(url, serverSelectionTimeoutMS=5000)
+        self._database = self._client[database]
+
+    def start(self) -> None:
+        self._database.command("profile", 0)
+        self._database.drop_collection("system.profile")
+        self._database.command("profile", 2, slowms=0)
+
+    def stop(self) -> list[CommandTime]:
+        self._database.command("profile", 0)
+        grouped: dict[str, list[tuple[float, int | None]]] = {}
+        for entry in self._database["system.profile"].find():
+            command: dict[str, Any] = entry.get("command") or {}
+            if not command:
+                continue
+            name = next(iter(command))
+            collection = command[name] if isinstance(command[name], str) else ""
+            if collection.startswith("system."):
+                continue
+            key = f"{name} {collection}".strip()
+            grouped.setdefault(key, []).append((float(entry.get("millis", 0)), _documents(entry)))
+        return sorted(
+            (_command_time(key, timings) for key, timings in grouped.items()),
+            key=lambda item: -item.total_ms,
+        )
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _documents(entry: dict[str, Any]) -> int | None:
+    command = entry["command"]
+    for field_name in ("documents", "updates", "deletes"):
+        if isinstance(command.get(field_name), list):
+            return len(command[field_name])
+    returned = entry.get("nreturned")
+    return None if returned is None else int(returned)
+
+
+def _command_time(key: str, timings: list[tuple[float, int | None]]) -> CommandTime:
+    times = sorted(millis for millis, _ in timings)
+    counted = [documents for _, documents in timings if documents is not None]
+    return CommandTime(
+        command=key,
+        count=len(times),
+        documents=sum(counted) if counted else None,
+        total_ms=sum(times),
+        p50_ms=times[len(times) // 2],
+        max_ms=times[-1],
+    )

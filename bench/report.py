@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 
 from bench.analysis import RunResult
-from bench.probes import Usage
+from bench.probes import CommandTime, Usage
 from bench.profiling import hotspot_lines
 from bench.runner import SearchResult
 
@@ -112,6 +112,23 @@ def cost_table(results: Sequence[RunResult]) -> str:
                 usage = r.usage.get(name)
                 row.append("n/a" if usage is None else f"{usage.peak_rss_mb:.0f}")
         rows.append(row)
+    return _table(header, rows)
+
+
+def database_table(commands: Sequence[CommandTime]) -> str:
+    header = ["command", "count", "documents", "total", "p50", "max", "per document"]
+    rows = [
+        [
+            command.command,
+            str(command.count),
+            "n/a" if command.documents is None else str(command.documents),
+            _number(command.total_ms, 0),
+            _number(command.p50_ms, 0),
+            _number(command.max_ms, 0),
+            _number(command.total_ms / command.documents if command.documents else None, 2),
+        ]
+        for command in commands
+    ]
     return _table(header, rows)
 
 
@@ -231,6 +248,12 @@ def render(results: Sequence[RunResult], searches: Sequence[SearchResult]) -> st
     if searches:
         parts += ["", "Largest load (N* in the tables: its probes)", "", *search_lines(searches)]
     for result in results:
+        if result.database_commands:
+            title = (
+                f"MongoDB time per command N={result.conversations} {_ramp(result)}"
+                f" D={result.delay_ms:g}ms (the database's profiler; ms)"
+            )
+            parts += ["", title, "", database_table(result.database_commands)]
         if result.profiles:
             title = f"Profile N={result.conversations} D={result.delay_ms:g}ms (py-spy)"
             paths = {name: Path(path) for name, path in result.profiles.items()}

@@ -14,7 +14,7 @@ import psutil
 
 from bench.analysis import RunResult, analyse_run
 from bench.client import Load, run_load
-from bench.probes import AmqpTap, MongoWrites, ProcessMonitor, wait_quiet
+from bench.probes import AmqpTap, MongoProfiler, MongoWrites, ProcessMonitor, wait_quiet
 from bench.profiling import profiling
 from bench.stack import Target
 
@@ -44,6 +44,7 @@ class Runner:
         self.keep_data = keep_data or not target.owned
         self._tap: AmqpTap | None = None
         self._writes: MongoWrites | None = None
+        self._profiler: MongoProfiler | None = None
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -54,6 +55,7 @@ class Runner:
         profile_dir: Path | None = None,
         quiet_percent: float | None = None,
         keep_data: bool = False,
+        database_profile: bool = False,
     ) -> AsyncIterator["Runner"]:
         runner = cls(target, show_progress, profile_dir, quiet_percent, keep_data)
         if target.rabbitmq_url is not None:
@@ -61,6 +63,8 @@ class Runner:
             await runner._tap.ensure_open()
         if target.mongodb_url is not None:
             runner._writes = MongoWrites(target.mongodb_url, target.mongodb_db)
+            if database_profile:
+                runner._profiler = MongoProfiler(target.mongodb_url, target.mongodb_db)
         try:
             yield runner
         finally:
@@ -68,6 +72,8 @@ class Runner:
                 await runner._tap.close()
             if runner._writes is not None:
                 runner._writes.close()
+            if runner._profiler is not None:
+                runner._profiler.close()
 
     async def warm_up(self) -> None:
         """A few short replies, so imports, pools and caches are warm before anything counts."""
@@ -93,12 +99,17 @@ class Runner:
             if self.profile_dir is not None:
                 profiles = stack.enter_context(profiling(self.profile_dir, label, self.target.pids))
                 await asyncio.sleep(PROFILER_ATTACH_SECONDS)
+            if self._profiler is not None:
+                await asyncio.to_thread(self._profiler.start)
             monitor.start()
             conversations = await run_load(
                 load, self.target.api_url, run_id, label, self.show_progress
             )
             await asyncio.sleep(SETTLE_SECONDS)
             usage = await monitor.stop()
+            commands = (
+                await asyncio.to_thread(self._profiler.stop) if self._profiler is not None else []
+            )
         amqp = self._tap.take() if self._tap is not None else None
         writes = (
             await asyncio.to_thread(self._writes.since, mark)
@@ -112,6 +123,7 @@ class Runner:
         await self._reset_mock()
         result = analyse_run(load, conversations, emissions, usage, amqp, writes)
         result.profiles = {name: str(path) for name, path in profiles.items()}
+        result.database_commands = commands
         result.phase = phase
         if amqp is not None and amqp.reconnections:
             result.errors.append(f"{BROKER_DROPPED} {amqp.reconnections}x")

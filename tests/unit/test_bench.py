@@ -9,8 +9,8 @@ from bench.__main__ import parse_args, plan
 from bench.analysis import analyse_run, rebuild
 from bench.client import Conversation, Frame, Load
 from bench.metrics import align_tokens, lags_ms, percentile, summarize
-from bench.probes import AmqpCounts, Usage, Writes, _busiest_second
-from bench.report import render
+from bench.probes import AmqpCounts, Usage, Writes, _busiest_second, _command_time
+from bench.report import database_table, render
 from bench.runner import SearchResult, find_largest, within
 
 TOKENS = ["apple ", "river ", "stone ", "cloud ", "green "]
@@ -243,3 +243,14 @@ def test_the_sweep_also_measures_bursts() -> None:
     assert (100, 20.0) in bursts and (200, 20.0) in bursts
     ramped = [load for load in loads if load.conversations == 100 and load.delay_ms == 20]
     assert sorted(load.ramp_ms for load in ramped) == [0.0, 1000.0]
+
+
+def test_database_time_is_summed_per_command_and_per_document() -> None:
+    timings: list[tuple[float, int | None]] = [(104.0, 99), (4.0, 1)]
+    claims = _command_time("update messages", timings)
+    assert (claims.count, claims.documents, claims.total_ms, claims.max_ms) == (2, 100, 108, 104)
+    reads = _command_time("find messages", [(2.0, None), (3.0, None)])
+    assert reads.documents is None
+    table = database_table([claims, reads])
+    assert "| update messages | 2 | 100 | 108 | 104 | 104 | 1.08 |" in table
+    assert "| find messages | 2 | n/a | 5 | 3 | 3 | n/a |" in table
