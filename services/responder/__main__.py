@@ -29,6 +29,7 @@ from shared.settings import Settings, get_settings
 from shared.startup import run_service
 from shared.store.database import connect
 from shared.store.replies import ReplyStore
+from shared.store.starts import StartStore
 from shared.store.upgrade import own_old_messages
 from shared.tasks import background
 
@@ -57,7 +58,7 @@ async def serve(settings: Settings) -> None:
         control_channel = await connection.channel()
         control = await broker.declare_control_exchange(control_channel)
         turns = TurnOrder(control)
-        worker = Worker(settings, messages, model, output, turns)
+        worker = Worker(settings, messages, StartStore(database), model, output, turns)
         await _listen_for_control(control_channel, control, worker, turns)
         jobs_channel = await connection.channel()
         await jobs_channel.set_qos(prefetch_count=settings.responder_concurrency)
@@ -84,7 +85,7 @@ async def _consume(
     """Take jobs until SIGTERM or SIGINT, then finish or hand back the replies in hand."""
     async with background(
         keep_leases(messages, lambda: worker.held_replies, lease),
-        end_abandoned(messages, output, turns, lambda: worker.held_replies, lease),
+        end_abandoned(messages, worker.endings, lambda: worker.held_replies, lease),
     ):
         consumer = await jobs.consume(worker.handle)
         log.info(

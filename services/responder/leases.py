@@ -10,14 +10,7 @@ import logging
 from collections.abc import Callable
 from datetime import timedelta
 
-import structlog
-
-from services.responder.metrics import count_finished
-from services.responder.output import ReplyOutput
-from services.responder.turn_order import TurnOrder
-from services.responder.usage import given_up_ending
-from shared.events import finished_event
-from shared.keys import key_of_message
+from services.responder.ending import Endings
 from shared.store.replies import ReplyStore
 
 log = logging.getLogger(__name__)
@@ -35,11 +28,7 @@ async def keep_leases(store: ReplyStore, held: Callable[[], list[str]], lease: t
 
 
 async def end_abandoned(
-    store: ReplyStore,
-    output: ReplyOutput,
-    turns: TurnOrder,
-    held: Callable[[], list[str]],
-    lease: timedelta,
+    store: ReplyStore, endings: Endings, held: Callable[[], list[str]], lease: timedelta
 ) -> None:
     """Fail replies whose lease ran out long ago; never our own, whose renewal may be late."""
     while True:
@@ -49,14 +38,6 @@ async def end_abandoned(
             for reply in await store.abandoned(grace=lease):
                 if reply.message.id in ours:
                     continue  # MongoDB was away; the lease keeper renews it on its next round
-                failed = await store.give_up(reply.message, ABANDONED, given_up_ending(reply))
-                if failed is not None:
-                    count_finished(failed)
-                    turns.finished(key_of_message(failed))
-                    with structlog.contextvars.bound_contextvars(
-                        conversationId=failed.conversation_id, messageId=failed.id
-                    ):
-                        log.warning("reply %s was abandoned; ended as failed", failed.id)
-                    output.post(finished_event(failed))
+                await endings.give_up(reply, ABANDONED)
         except Exception as error:
             log.warning("looking for abandoned replies failed: %s", error)

@@ -10,38 +10,36 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-import structlog
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import ChannelInvalidStateError
 from openai.types.chat import ChatCompletionMessageParam
 from pydantic import ValidationError
 from pymongo.errors import PyMongoError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from services.responder.context import Context, build_context
-from services.responder.draft import Draft, Progress
+from services.responder.draft import Draft
+from services.responder.ending import Endings
 from services.responder.metrics import (
     LEASE_TAKEOVERS,
     MODEL_ERRORS,
     REDELIVERIES,
-    count_finished,
     first_token,
 )
 from services.responder.model import ChatModel, ModelError, StreamEnd
 from services.responder.output import ReplyOutput
 from services.responder.turn_order import TurnOrder
-from services.responder.usage import FINISHED_WITHOUT_REASON, final_usage, given_up_ending
+from services.responder.usage import FINISHED_WITHOUT_REASON, final_usage
 from shared.batches import BatchedCalls
-from shared.events import UPDATED, finished_event, message_event
+from shared.events import UPDATED, message_event
 from shared.keys import key_of_message
 from shared.logs import about_message
 from shared.schemas import FINISH_ERROR, FINISH_STOPPED, FINISHED, ChatJob, Message, Status
 from shared.settings import Settings
-from shared.store.replies import Claim, Ending, ReplyStore, StoredReply
+from shared.store.replies import Ending, ReplyStore, StoredReply
+from shared.store.starts import Claim, StartStore
 from shared.tasks import background
 
 log = logging.getLogger(__name__)
-events = structlog.get_logger(__name__)
 
 FIRST_POLL_SECONDS = 0.01
 LONGEST_POLL_SECONDS = 0.5
@@ -96,6 +94,7 @@ class Worker:
         self,
         settings: Settings,
         store: ReplyStore,
+        starts: StartStore,
         model: ChatModel,
         output: ReplyOutput,
         turns: TurnOrder,
@@ -106,10 +105,11 @@ class Worker:
         self.model = model
         self.output = output
         self.turns = turns
+        self.endings = Endings(store, output, turns)
         self.jobs: dict[str, Job] = {}
-        self._replies = BatchedCalls(store.get_replies)
-        self._paths = BatchedCalls(store.paths_if_next)
-        self._claims = BatchedCalls(functools.partial(store.claim_replies, lease=self.lease))
+        self._replies = BatchedCalls(starts.get_replies)
+        self._paths = BatchedCalls(starts.paths_if_next)
+        self._claims = BatchedCalls(functools.partial(starts.claim_replies, lease=self.lease))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator["Worker"]:
@@ -183,7 +183,7 @@ class Worker:
                 return Settlement.ACK  # a redelivery of a reply already finished
             attempts = reply.message.attempt
             if attempts >= settings.reply_max_attempts:
-                if await self._give_up(reply, f"gave up after {attempts} attempts"):
+                if await self.endings.give_up(reply, f"gave up after {attempts} attempts"):
                     return Settlement.DEAD_LETTER
             elif claimed := await self._claims(Claim(reply, context.tokens, self.model.model)):
                 break
@@ -236,18 +236,7 @@ class Worker:
             reason = end.finish_reason or FINISHED_WITHOUT_REASON
         usage = final_usage(end.usage, prompt_tokens, progress.text, progress.reasoning)
         ending = Ending(reason, usage, end.model or claimed.message.model)
-        finished = await self._finish(draft, progress, status, ending, error, job.stopping)
-        if finished is not None:
-            count_finished(finished)
-            self.turns.finished(key_of_message(finished))
-            events.info(
-                "reply finished",
-                status=finished.status.value,
-                stopped=finished.stopped,
-                attempt=finished.attempt,
-                deltas=finished.seq,
-            )
-            await self.output.send(finished_event(finished))
+        await self.endings.finish(draft.message, progress, status, ending, error, job.stopping)
 
     async def _generate(
         self, draft: Draft, messages: list[ChatCompletionMessageParam], end: StreamEnd
@@ -259,38 +248,6 @@ class Worker:
                 first_token(draft.message, time.monotonic() - asked)
                 first = False
             token(draft, text, reasoning)
-
-    async def _finish(
-        self,
-        draft: Draft,
-        progress: Progress,
-        status: Status,
-        ending: Ending,
-        error: str | None,
-        stopped: bool,
-    ) -> Message | None:
-        """The final write must land: MongoDB being away for a while only delays it."""
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(PyMongoError),
-            wait=wait_exponential(multiplier=0.1, max=2),
-            stop=stop_after_delay(FINISH_RETRY_SECONDS),
-            reraise=True,
-        )
-        async for attempt in retrying:
-            with attempt:
-                return await self.store.finish_reply(
-                    draft.message, progress, status, ending, error, stopped
-                )
-        return None
-
-    async def _give_up(self, reply: StoredReply, error: str) -> bool:
-        """Fail the reply if nobody holds it; False if its lease has not run out yet."""
-        failed = await self.store.give_up(reply.message, error, given_up_ending(reply))
-        if failed is not None:
-            count_finished(failed)
-            self.turns.finished(key_of_message(failed))
-            await self.output.send(finished_event(failed))
-        return failed is not None
 
     def stop(self, message_id: str) -> None:
         """Stop generating a reply written here, keeping its text; other responders ignore it."""

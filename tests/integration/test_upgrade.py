@@ -8,7 +8,7 @@ from pymongo import AsyncMongoClient
 
 from shared.store.conversations import ConversationStore
 from shared.store.database import Database, Document
-from shared.store.replies import ReplyStore
+from shared.store.starts import StartStore
 from shared.store.upgrade import upgrade
 
 
@@ -58,8 +58,8 @@ async def test_old_conversations_are_listed_and_read_as_one_chain(
     )
     messages = await store.list_messages("local", "old")
     assert [message.parent_id for message in messages] == [None, "u1", "a1", "u2"]
-    (reply,) = await ReplyStore(old_database).get_replies(["a2"])
+    (reply,) = await StartStore(old_database).get_replies(["a2"])
     assert reply is not None
-    (path,) = await ReplyStore(old_database).paths_if_next([reply])
+    (path,) = await StartStore(old_database).paths_if_next([reply])
     assert path is not None
     assert [message.id for message in path] == ["u1", "a1", "u2"]
