@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 FIRST_POLL_SECONDS = 0.01
 LONGEST_POLL_SECONDS = 0.5
 RETRY_PAUSE_SECONDS = 1.0
-FINISH_RETRY_SECONDS = 120.0
 
 
 def poll_delays() -> Iterator[float]:
