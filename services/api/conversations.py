@@ -46,8 +46,10 @@ async def list_conversations(
 ) -> ConversationPage:
     """The user's conversations, most recently active first, a page at a time.
 
-    The cursor is a position, not an offset: conversations posted to meanwhile move to the top
-    and are not seen again in later pages; none is skipped or repeated.
+    The cursor is a position, not an offset, so a walk through the pages lists each
+    conversation at most once, and every one not posted to meanwhile exactly once. One posted
+    to meanwhile moves to the top, before the first page: listed once if the walk had passed it,
+    not at all if it was still ahead (the first page shows it).
     """
     position = None
     if before is not None:

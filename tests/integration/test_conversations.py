@@ -48,37 +48,45 @@ async def test_a_conversation_is_summarised_by_the_posts_that_change_it(api: Api
     assert any(item.conversation_id == conversation_id for item in newest)
 
 
-async def test_pages_skip_and_repeat_nothing_while_others_post(api: ApiClient) -> None:
-    """Walk the whole list a page at a time while new conversations appear on top and listed
-    ones are posted to: every conversation that existed before shows up exactly once."""
+async def test_paging_while_others_post_repeats_nothing_and_moves_posted_ones_to_the_top(
+    api: ApiClient,
+) -> None:
+    """Walk the whole list a page at a time, posting between pages: a new conversation, one the
+    walk has passed and one still ahead of it. Each conversation not posted to is listed exactly
+    once; one posted to moves to the top, so the walk lists it once if it had passed it and not
+    at all if it was still ahead; a first page fetched afterwards shows every one posted to."""
     ours = [new_conversation_id() for _ in range(3 * PAGE)]
     for conversation_id in ours:
         await api.post_chat(prompt("listed", tokens=1, delay_ms=0), conversation_id)
     seen: list[str] = []
-    posting = True
+    created: list[str] = []
+    passed: list[str] = []
+    ahead: list[str] = []
 
-    async def post_meanwhile() -> None:
-        while posting:
-            await api.post_chat(prompt("new", tokens=1, delay_ms=0), new_conversation_id())
-            if seen:
-                await api.post_chat(prompt("bump", tokens=1, delay_ms=0), seen[-1])
+    before = None
+    while True:
+        page = await _page(api, before)
+        seen.extend(item.conversation_id for item in page.conversations)
+        if page.next is None:
+            break
+        before = page.next
+        waiting = [item for item in ours if item not in seen and item not in ahead]
+        if waiting:
+            created.append(new_conversation_id())
+            passed.append(seen[-1])
+            ahead.append(waiting[0])
+            for conversation_id in (created[-1], passed[-1], ahead[-1]):
+                await api.post_chat(prompt("meanwhile", tokens=1, delay_ms=0), conversation_id)
 
-    poster = asyncio.create_task(post_meanwhile())
-    try:
-        before = None
-        while True:
-            page = await _page(api, before)
-            seen.extend(item.conversation_id for item in page.conversations)
-            await asyncio.sleep(0.05)  # leave the poster room to post between pages
-            if page.next is None:
-                break
-            before = page.next
-    finally:
-        posting = False
-        await poster
-
+    assert len(ahead) >= 2, "posts happened between pages"
     assert len(seen) == len(set(seen)), "a conversation was listed twice"
-    assert set(ours) <= set(seen), f"skipped: {set(ours) - set(seen)}"
+    assert set(ours) - set(ahead) <= set(seen), f"skipped: {set(ours) - set(ahead) - set(seen)}"
+    assert set(passed) <= set(seen), "one posted to after the walk passed it was listed before"
+    assert not set(ahead) & set(seen), "one posted to while ahead of the walk moved to the top"
+    assert not set(created) & set(seen), "new conversations appear on top, before the walk"
+    posted = set(created) | set(passed) | set(ahead)
+    top = await api.http.get("/conversations", params={"limit": len(posted)})
+    assert {item["conversationId"] for item in top.json()["conversations"]} == posted
 
 
 @pytest.mark.parametrize(
