@@ -68,7 +68,8 @@ def main() -> None:
 
     ws_url = url.replace("http://", "ws://")
     print(
-        f"\nReady. API at {url} (logs in {args.logs})\n"
+        f"\nReady. Chat page: {url}/{_sign_in_hint(settings, url)}\n"
+        f"API at {url} (logs in {args.logs})\n"
         f"  curl -s -X POST {url}/chat -H 'content-type: application/json' "
         '-d \'{"message": "Hello!", "conversationId": "demo"}\'\n'
         f"  python -m websockets {ws_url}/conversations/demo/stream\n"
@@ -81,6 +82,15 @@ def main() -> None:
         pass
     finally:
         stack.stop()
+
+
+def _sign_in_hint(settings: Settings, url: str) -> str:
+    """With users on, the page asks for a token: say how to get one that opens it signed in."""
+    if settings.auth_jwt_secret is not None:
+        return f" (signed in: .venv/bin/python -m services.api.token --sub NAME --page {url})"
+    if settings.auth_jwks_url is not None:
+        return " (it asks for a token from your identity provider)"
+    return ""
 
 
 def _host_port(url: str, default_port: int) -> tuple[str, int]:

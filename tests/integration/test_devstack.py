@@ -8,6 +8,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 
@@ -80,6 +81,16 @@ def devstack(
         yield running, f"http://127.0.0.1:{port}"
     finally:
         running.stop()
+
+
+def test_ready_names_the_chat_page_and_it_opens_there(devstack: tuple[DevStack, str]) -> None:
+    stack, url = devstack
+    (ready,) = [line for line in stack.lines if line.startswith("Ready.")]
+    page = ready.removeprefix("Ready. Chat page: ").split()[0]
+    assert page == f"{url}/"
+    response = httpx.get(page, timeout=10.0)
+    assert response.status_code == 200
+    assert '<script type="module" src="/static/js/main.js">' in response.text
 
 
 def test_a_killed_api_is_reported_and_restarted_on_its_port(
