@@ -42,7 +42,7 @@ class Runtime:
     async def open(cls, settings: Settings) -> "Runtime":
         timeout = settings.startup_timeout_seconds
         database = await connect(settings.mongodb_url, settings.mongodb_db, timeout)
-        conversations = ConversationStore(database)
+        conversations = ConversationStore(database, settings.openai_model)
         turn_store = TurnStore(database)
         await conversations.ensure_indexes()
         await turn_store.ensure_indexes()

@@ -70,9 +70,11 @@ def to_conversation(document: dict[str, Any]) -> Conversation:
 
 
 class ConversationStore:
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, model: str) -> None:
         self.messages = messages_of(database)
         self.conversations = conversations_of(database)
+        self.model = model
+        """OPENAI_MODEL: named on a reply stopped before it started, which no model wrote."""
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index(
@@ -165,6 +167,8 @@ class ConversationStore:
     ) -> Message | None:
         """Stop a reply: at once if not started, else flag it for its responder.
 
+        A reply ended here is finished like any other: `finishReason`, `usage` (nothing used)
+        and `model` (the configured one, the model it was meant for).
         Returns the reply as it now is (finished if it was not started), None if unknown.
         """
         where = {
@@ -181,6 +185,7 @@ class ConversationStore:
                     "stopped": True,
                     "finishReason": FINISH_STOPPED,
                     "usage": NOTHING_USED.model_dump(mode="json"),
+                    "model": self.model,
                 }
             },
             return_document=ReturnDocument.AFTER,

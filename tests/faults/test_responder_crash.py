@@ -98,6 +98,8 @@ class DoomedReply:
     depths: dict[str, tuple[int, int]]
     model_calls: int
     late_snapshot: Message | None
+    last_model: str
+    """The model the last attempt's responder asked (each responder names its own)."""
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +151,9 @@ async def doomed(stack: FaultStack, results: ResultBook) -> DoomedReply:
                     letters.append(ChatJob.model_validate_json(letter.body))
                     await letter.ack()
             calls = len(await mock.requests(text))
-    return DoomedReply(text, stored, trial.problems, letters, depths, calls, late_snapshot)
+    return DoomedReply(
+        text, stored, trial.problems, letters, depths, calls, late_snapshot, asked[-1]
+    )
 
 
 async def test_reply_failing_on_every_attempt_ends_failed_and_dead_lettered(
@@ -159,6 +163,7 @@ async def test_reply_failing_on_every_attempt_ends_failed_and_dead_lettered(
     stored = doomed.stored
     assert stored.status == Status.FAILED, stored
     assert stored.error and f"{MAX_ATTEMPTS} attempts" in stored.error, stored
+    assert (stored.finish_reason, stored.model) == ("error", doomed.last_model), stored
     assert expected_reply(doomed.prompt, 400, attempt=1).startswith(stored.message), (
         "the text kept is not a prefix of the last attempt's text"
     )

@@ -72,6 +72,8 @@ class FrozenReply:
     """What the SIGSTOP scenario left behind, for the tests that judge it."""
 
     prompt: str
+    model: str
+    """The model the frozen responder asked (each responder of a fault stack names its own)."""
     ended: Message
     ended_after: float
     after_resume: Message
@@ -118,6 +120,7 @@ async def frozen(stack: FaultStack, results: ResultBook) -> FrozenReply:
     events_after_final = trial.subscriber.events_after_final(reply_id)
     return FrozenReply(
         text,
+        model,
         ended,
         ended_after,
         after_resume,
@@ -135,6 +138,7 @@ async def test_frozen_responders_reply_is_failed_within_a_few_leases(
     ended = frozen.ended
     assert ended.status == Status.FAILED, ended
     assert ended.error == ABANDONED
+    assert (ended.finish_reason, ended.model) == ("error", frozen.model), ended
     assert frozen.ended_after < 4 * LEASE + 2, f"failed only after {frozen.ended_after:.1f}s"
     assert expected_reply(frozen.prompt, TOKENS).startswith(ended.message)
 

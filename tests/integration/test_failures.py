@@ -15,6 +15,9 @@ from tests.helpers import (
 )
 from tests.infra import SYSTEM_PROMPT, Deployment
 
+MODEL = "mock-model"
+"""OPENAI_MODEL of the test stack: the mock names no other model, so every reply carries it."""
+
 
 async def test_stream_failure_keeps_partial_text_and_the_conversation_goes_on(
     api: ApiClient, mock: MockClient, stack: Deployment
@@ -62,6 +65,7 @@ async def test_model_error_status_fails_the_reply_naming_it(
     assert failed.status == Status.FAILED
     assert failed.error is not None and "500" in failed.error
     assert failed.message == ""
+    assert (failed.finish_reason, failed.model) == ("error", MODEL), "finished like any reply"
     assert subscriber.final(accepted.message_id)["type"] == "message.failed"
     assert await api.message(conversation_id, accepted.message_id) == failed
     if stack.broker.vhost is not None:

@@ -185,7 +185,7 @@ async def test_a_reply_stopped_before_it_started_used_nothing(api: ApiClient) ->
         assert response.status_code == 200, response.text
     reply = await api.finished(conversation_id, queued.message_id)
     assert (reply.status, reply.stopped, reply.message) == (Status.COMPLETED, True, "")
-    assert reply.finish_reason == "stopped"
+    assert (reply.finish_reason, reply.model) == ("stopped", MODEL)
     assert reply.usage == Usage(
         prompt_tokens=0, completion_tokens=0, total_tokens=0, estimated=True
     )

@@ -46,7 +46,7 @@ async def test_old_conversations_are_listed_and_read_as_one_chain(
     owners = await old_database["messages"].distinct("owner")
     assert owners == ["local"], "messages stored before users are the open mode's user's"
 
-    store = ConversationStore(old_database)
+    store = ConversationStore(old_database, "mock-model")
     conversations, following = await store.list_conversations("local", 10, None)
     assert following is None
     (conversation,) = conversations
