@@ -12,9 +12,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-from playwright.async_api import BrowserContext, Page, Request, WebSocketRoute
+from playwright.async_api import BrowserContext, Page, Request, WebSocketRoute, expect
 
-from tests.browser import PHONE, ChatPage, words
+from tests.browser import PHONE, WAIT_SECONDS, ChatPage, words
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 from tests.infra import Deployment
 
@@ -47,6 +47,7 @@ async def test_a_reply_grows_token_by_token_then_matches_the_stored_text(
     assert await box.input_value() == f"first line\n{question}", "Shift+Enter adds a line"
     await box.press("Enter")
     reply_id = await chat.last_id("assistant")
+    await _shows_streaming(chat, reply_id)
     conversation_id = await chat.conversation_id()
 
     expected = words(expected_reply(f"first line\n{question}", 30))
@@ -61,6 +62,13 @@ async def test_a_reply_grows_token_by_token_then_matches_the_stored_text(
     assert await chat.page.locator("#stop").is_hidden()
     assert chat.errors == []
     await chat.page.screenshot(path=tmp_path / "desktop.png")
+
+
+async def _shows_streaming(chat: ChatPage, reply_id: str) -> None:
+    """The reply's status line says so, visibly, while it streams."""
+    label = chat.message(reply_id).locator(".status")
+    await expect(label).to_have_text("streaming", timeout=WAIT_SECONDS * 1000)
+    await expect(label).to_be_visible()
 
 
 async def test_stop_ends_the_reply_and_keeps_its_text(
@@ -91,6 +99,7 @@ async def test_a_reload_mid_stream_shows_exactly_the_stored_text(
     await chat.page.reload()
     await chat.words_shown(reply_id, 1)
     assert await chat.state(reply_id) == "streaming", "the reload came back mid-stream"
+    await _shows_streaming(chat, reply_id)
 
     await chat.follow(reply_id, words(expected_reply(question, 60)))
     conversation_id = await chat.conversation_id()
