@@ -7,6 +7,7 @@ from typing import Any
 from bench.client import Conversation, Load
 from bench.metrics import Alignment, Summary, align_tokens, lags_ms, summarize
 from bench.probes import AmqpCounts, CommandTime, Usage, Writes
+from shared.events import FINISHED_EVENT
 
 DELTA = "message.delta"
 
@@ -110,7 +111,7 @@ def rebuild(conversation: Conversation) -> tuple[list[tuple[float, str]], str | 
         message = event.get("message")
         if not isinstance(message, dict) or message.get("from") != "assistant":
             continue
-        if kind in ("message.completed", "message.failed"):
+        if kind in FINISHED_EVENT.values():
             completed = message["message"]
         elif message["message"] != text or message["seq"] != seq:
             # A replacement (a retry from seq 0, or a repair): the client's copy starts over.

@@ -21,6 +21,7 @@ from shared.events import (
     CREATED,
     DELTA,
     FAILED,
+    FINISHED_EVENT,
     SNAPSHOT,
     MessageEventType,
 )
@@ -164,7 +165,9 @@ class Rebuilder:
     def final(self, message_id: str) -> dict[str, Any]:
         """The `message.completed` / `message.failed` frame of a message."""
         finals = [
-            event for event in self.events_of(message_id) if event["type"] in (COMPLETED, FAILED)
+            event
+            for event in self.events_of(message_id)
+            if event["type"] in FINISHED_EVENT.values()
         ]
         assert len(finals) == 1, f"expected one final event for {message_id}, got {finals}"
         return finals[0]

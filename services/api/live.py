@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from shared.events import DELTA, FINISHED_EVENT, UPDATED
 from shared.keys import ConversationKey
 from shared.logs import about_message
-from shared.schemas import Message, Status
+from shared.schemas import FINISHED, Message, Status
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ REPAIR_GIVE_UP_SECONDS = 600.0
 
 
 def version_of(message: dict[str, Any]) -> Version:
-    return (message.get("attempt", 0), int(message["status"] in FINISHED_EVENT), message["seq"])
+    return (message.get("attempt", 0), int(message["status"] in FINISHED), message["seq"])
 
 
 def unfinished(message: dict[str, Any]) -> dict[str, Any]:
@@ -93,7 +93,7 @@ class Tail:
 
     @property
     def finished(self) -> bool:
-        return self.message["status"] in FINISHED_EVENT
+        return self.message["status"] in FINISHED
 
     def extend(self, delta: dict[str, Any]) -> bool:
         """Apply the next delta; False if it does not follow on."""
@@ -197,7 +197,7 @@ class LiveReplies:
                 self._send(message, tail.version, {"type": UPDATED, "message": tail.state()})
             if tail.gap:
                 self._repair_soon(tail)
-        if message["status"] in FINISHED_EVENT:
+        if message["status"] in FINISHED:
             tail.finished_at = time.monotonic()
             self._finished.append((tail.finished_at, message["id"]))
 

@@ -15,14 +15,13 @@ import logging
 import orjson
 
 from services.api.runtime import Runtime
-from shared.events import COMPLETED, FAILED, finished_event
+from shared.events import FINISHED_EVENT, finished_event
 from shared.keys import ConversationKey
 from shared.schemas import FINISHED, Message, Status, StopRequest, TurnFreed
 
 log = logging.getLogger(__name__)
 
 STOP_WAIT_SECONDS = 5.0
-FINAL_EVENTS = (COMPLETED, FAILED)
 
 
 async def stop_reply(
@@ -74,7 +73,7 @@ async def _request_stop(
 def _final(frame: str, message_id: str) -> Message | None:
     """The finished reply, if `frame` is its final event."""
     event = orjson.loads(frame)
-    if event.get("type") not in FINAL_EVENTS or event["message"]["id"] != message_id:
+    if event.get("type") not in FINISHED_EVENT.values() or event["message"]["id"] != message_id:
         return None
     message = Message.model_validate(event["message"])
     return message if message.status in FINISHED else None

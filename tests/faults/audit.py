@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.events import COMPLETED, FAILED
+from shared.events import FINISHED_EVENT
 from shared.schemas import FINISHED, UNFINISHED, Message, Status
 from tests.faults.clients import MockProbe
 from tests.faults.subscribers import LiveSubscriber
@@ -214,7 +214,7 @@ def end_announcement_problem(subscriber: LiveSubscriber, reply: Message) -> str 
         return None
     events = subscriber.events_of(reply.id)
     kinds = [event["type"] for event in events]
-    finals = [kind for kind in kinds if kind in (COMPLETED, FAILED)]
+    finals = [kind for kind in kinds if kind in FINISHED_EVENT.values()]
     in_snapshot = next((m for m in subscriber.snapshot or [] if m.id == reply.id), None)
     if in_snapshot is not None and in_snapshot.status in FINISHED:
         if events:

@@ -10,7 +10,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from shared.events import COMPLETED, FAILED, UPDATED
+from shared.events import FINISHED_EVENT, UPDATED
 from shared.schemas import FINISHED, Message
 from tests.clients import Rebuilder
 from tests.helpers import eventually
@@ -124,6 +124,6 @@ class LiveSubscriber(Rebuilder):
     def events_after_final(self, message_id: str) -> list[dict[str, Any]]:
         events = self.events_of(message_id)
         finals = [
-            index for index, event in enumerate(events) if event["type"] in (COMPLETED, FAILED)
+            index for index, event in enumerate(events) if event["type"] in FINISHED_EVENT.values()
         ]
         return events[finals[0] + 1 :] if finals else []

@@ -14,6 +14,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 
 from shared.broker import CHAT_QUEUE, DEAD_LETTER_QUEUE, publish_job
+from shared.events import FINISHED_EVENT
 from shared.schemas import ChatAccepted, ChatJob, Status
 from tests.faults.audit import Expect, ResultBook, whole_reply
 from tests.faults.broker_control import queue_depths
@@ -97,7 +98,7 @@ async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
             if now != before:
                 problems.append(f"a duplicate job changed {before!r} into {now!r}")
             events = subscriber.events_of(accepted.message_id)
-            if events[-1]["type"] not in ("message.completed", "message.failed"):
+            if events[-1]["type"] not in FINISHED_EVENT.values():
                 problems.append(f"events after the end of {accepted.message_id}: {events}")
         for text, count in calls.items():
             now_calls = len(await mock.requests(text))
