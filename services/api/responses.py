@@ -32,7 +32,6 @@ def invalid(description: str) -> Responses:
     return {422: {"description": description, "content": content}}
 
 
-DATABASE_UNAVAILABLE = error(503, "MongoDB is unavailable: try again shortly")
 NOT_READY: Responses = {503: {"model": Readiness, "description": "MongoDB or RabbitMQ unreachable"}}
 
 UNAUTHORIZED: Responses = {
