@@ -1,4 +1,8 @@
-"""Background loops tied to a block: started on entry, cancelled and awaited on exit."""
+"""Background loops tied to a block: started on entry, cancelled and awaited on exit.
+
+The block gets their tasks, in the order of the loops, for an owner that reports whether one of
+them still runs (the relay's readiness, say).
+"""
 
 import asyncio
 import contextlib
@@ -7,10 +11,12 @@ from typing import Any
 
 
 @contextlib.asynccontextmanager
-async def background(*loops: Coroutine[Any, Any, None]) -> AsyncIterator[None]:
+async def background(
+    *loops: Coroutine[Any, Any, None],
+) -> AsyncIterator[list[asyncio.Task[None]]]:
     tasks = [asyncio.create_task(loop) for loop in loops]
     try:
-        yield
+        yield tasks
     finally:
         for task in tasks:
             task.cancel()

@@ -29,6 +29,7 @@ from shared import broker
 from shared.broker import publish_lag
 from shared.events import CONVERSATION_DELETED, SNAPSHOT, decode_batch, encode_batch
 from shared.keys import ConversationKey, key_of
+from shared.tasks import background
 
 log = logging.getLogger(__name__)
 
@@ -113,14 +114,11 @@ class Hub:
     async def running(self, queue: AbstractQueue, fanout: AbstractExchange) -> AsyncIterator[None]:
         """Listen to `queue`, bound to the `fanout` exchange, for the block, checking that it
         keeps hearing; then stop listening and repairing."""
-        self._listener = asyncio.create_task(self._listen(queue))
-        tasks = [self._listener, asyncio.create_task(self._keep_hearing(queue, fanout))]
         try:
-            yield
+            async with background(self._listen(queue), self._keep_hearing(queue, fanout)) as tasks:
+                self._listener = tasks[0]
+                yield
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await self.close()
 
     @property
