@@ -11,11 +11,12 @@ which the responder sends once the final text is stored. If that event does not 
 import asyncio
 import contextlib
 import logging
+from typing import Protocol
 
 import orjson
 
-from services.api.runtime import Runtime
-from shared.events import FINISHED_EVENT, finished_event
+from services.api.hub import Hub
+from shared.events import FINISHED_EVENT, Event, finished_event
 from shared.keys import ConversationKey
 from shared.schemas import FINISHED, Message, Status, StopRequest, TurnFreed
 
@@ -24,8 +25,34 @@ log = logging.getLogger(__name__)
 STOP_WAIT_SECONDS = 5.0
 
 
+class StopStore(Protocol):
+    """The MongoDB writes and reads a stop makes (a ConversationStore has them)."""
+
+    async def request_stop(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None: ...
+
+    async def get_message(
+        self, owner: str, conversation_id: str, message_id: str
+    ) -> Message | None: ...
+
+
+class StopRuntime(Protocol):
+    """What a stop works with: the API's Runtime, or a fake of it in the unit tests."""
+
+    @property
+    def hub(self) -> Hub: ...
+
+    @property
+    def conversations(self) -> StopStore: ...
+
+    async def publish_control(self, message: StopRequest | TurnFreed) -> None: ...
+
+    async def announce(self, event: Event) -> None: ...
+
+
 async def stop_reply(
-    runtime: Runtime, owner: str, conversation_id: str, message_id: str
+    runtime: StopRuntime, owner: str, conversation_id: str, message_id: str
 ) -> Message | None:
     """The reply once stopped (or as it is after the wait); None if the owner has no such reply."""
     async with runtime.hub.subscribe(ConversationKey(owner, conversation_id)) as subscription:
@@ -45,14 +72,14 @@ async def stop_reply(
     return reply
 
 
-async def stop_replies(runtime: Runtime, replies: list[Message]) -> None:
+async def stop_replies(runtime: StopRuntime, replies: list[Message]) -> None:
     """Stop each reply through the stop path, without waiting: later replies wait for it."""
     for reply in replies:
         await _request_stop(runtime, reply.owner, reply.conversation_id, reply.id)
 
 
 async def _request_stop(
-    runtime: Runtime, owner: str, conversation_id: str, message_id: str
+    runtime: StopRuntime, owner: str, conversation_id: str, message_id: str
 ) -> Message | None:
     """Flag the reply in MongoDB, or end it there if it had not started, and tell the responders:
     the one writing it stops; one holding the reply asked after it may start that one now."""
