@@ -6,10 +6,10 @@ than a stack that silently stopped working with a defunct process in it.
 
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-
-from devstack.processes import Process
+from pathlib import Path
+from typing import Protocol
 
 FIRST_DELAY = 1.0
 LONGEST_DELAY = 30.0
@@ -17,9 +17,26 @@ STABLE_SECONDS = 30.0
 """A child that ran this long before dying is restarted after FIRST_DELAY again."""
 
 
+class Supervised(Protocol):
+    """What the supervisor needs of a child: a devstack Process, or a fake in the unit tests."""
+
+    name: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def running(self) -> bool: ...
+
+    def start(self) -> object: ...
+
+
 @dataclass
 class Child:
-    process: Process
+    process: Supervised
     started_at: float
     delay: float = FIRST_DELAY
     restart_at: float | None = None
@@ -32,16 +49,25 @@ def exit_reason(code: int | None) -> str:
 
 
 class Supervisor:
-    """Restarts each child that exited, waiting FIRST_DELAY, then twice as long each time."""
+    """Restarts each child that exited, waiting FIRST_DELAY, then twice as long each time.
 
-    def __init__(self, processes: list[Process], say: Callable[[str], None] = print) -> None:
-        now = time.monotonic()
+    `clock` tells the time the waits are measured in (the unit tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        processes: Sequence[Supervised],
+        say: Callable[[str], None] = print,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        now = clock()
         self.children = [Child(process, now) for process in processes]
         self.say = say
 
     def check(self) -> None:
         """Notice children that exited (reaping them), and restart those whose wait is over."""
-        now = time.monotonic()
+        now = self.clock()
         for child in self.children:
             process = child.process
             if child.restart_at is None and not process.running():
