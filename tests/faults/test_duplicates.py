@@ -63,6 +63,15 @@ async def drained(stack: FaultStack, timeout: float = 15.0) -> None:
         raise AssertionError(f"{error}: (ready, unacked) = {queue_depths(stack.vhost)}") from None
 
 
+async def undrained(stack: FaultStack, timeout: float) -> str | None:
+    """A trial's problem if the queues do not drain within `timeout` once its replies ended."""
+    try:
+        await drained(stack, timeout)
+    except AssertionError as error:
+        return f"after the replies finished: {error}"
+    return None
+
+
 async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
     stack: FaultStack, channel: AbstractChannel, results: ResultBook
 ) -> None:
@@ -88,25 +97,28 @@ async def test_redelivered_finished_reply_is_acked_without_calling_the_model(
         _, after = await api.ask(prompt("after", tokens=3, delay_ms=0), trial.conversation_id)
         await subscriber.finished(after.id)
         trial.expect(
-            Expect(done.message_id, texts=(completed.message,)),
-            Expect(broken.message_id, statuses=(Status.FAILED,)),
+            Expect(
+                done.message_id,
+                texts=(completed.message,),
+                model_calls=calls[done_text],
+                prompt=done_text,
+            ),
+            Expect(
+                broken.message_id,
+                statuses=(Status.FAILED,),
+                model_calls=calls[failed_text],
+                prompt=failed_text,
+            ),
             Expect(after.id),
         )
-        problems: list[str] = []
         for accepted, before in ((done, completed), (broken, failed)):
             now = await api.message(trial.conversation_id, accepted.message_id)
             if now != before:
-                problems.append(f"a duplicate job changed {before!r} into {now!r}")
+                trial.problems.append(f"a duplicate job changed {before!r} into {now!r}")
             events = subscriber.events_of(accepted.message_id)
             if events[-1]["type"] not in FINISHED_EVENT.values():
-                problems.append(f"events after the end of {accepted.message_id}: {events}")
-        for text, count in calls.items():
-            now_calls = len(await mock.requests(text))
-            if now_calls != count:
-                tally.duplicates += now_calls - count
-                problems.append(f"the model was asked {now_calls - count} more times for {text}")
-    problems += trial.problems
-    assert not problems, "\n".join(problems)
+                trial.problems.append(f"events after the end of {accepted.message_id}: {events}")
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 async def test_jobs_for_unknown_or_malformed_replies_do_not_stick(
@@ -174,23 +186,16 @@ async def test_burst_of_duplicate_jobs_of_a_finished_reply_is_all_acked(
     """Duplicates arriving together (a redelivery storm) are each acknowledged."""
     async with (
         results.fault("burst of 3 duplicate jobs of a finished reply") as tally,
-        clients(stack) as (apis, mock),
+        fault_trial(stack, tally, watchers=0, trials=3) as trial,
     ):
         text = prompt("burst", tokens=5, delay_ms=0)
-        accepted, _ = await apis[0].ask(text, new_conversation_id())
+        accepted, _ = await trial.api.ask(text, trial.conversation_id)
         await drained(stack)
         for _ in range(3):
             await publish_job(channel, job_of(accepted))
-        tally.trials += 3
-        try:
-            await drained(stack, timeout=10)
-        except AssertionError as error:
-            tally.notes.append(str(error))
-            raise
-        finally:
-            calls = len(await mock.requests(text))
-            tally.duplicates += calls - 1
-        assert calls == 1, f"the model was asked {calls} times"
+        trial.expect(Expect(accepted.message_id, model_calls=1, prompt=text))
+        trial.once_settled(lambda: undrained(stack, timeout=10))
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 @pytest.mark.usefixtures("clean_queues")
@@ -201,20 +206,17 @@ async def test_duplicate_job_of_a_reply_in_flight_is_settled_too(
 
     This is what an outbox republish of a job the broker had in fact confirmed looks like.
     """
-    async with results.fault("duplicate job of a reply in flight") as tally:
-        async with fault_trial(stack, tally) as trial:
-            text = prompt("inflight", tokens=60, delay_ms=30)
-            accepted = await trial.post(text)
-            await trial.subscriber.streaming(accepted.message_id, seq=3)
-            await publish_job(channel, job_of(accepted))
-            trial.expect(whole_reply(accepted.message_id, text, 60))
-        problems = list(trial.problems)
-        try:
-            await drained(stack, timeout=10)
-        except AssertionError as error:
-            problems.append(f"after the reply completed: {error}")
-            tally.notes.append(problems[-1])
-    assert not problems, "\n".join(problems)
+    async with (
+        results.fault("duplicate job of a reply in flight") as tally,
+        fault_trial(stack, tally) as trial,
+    ):
+        text = prompt("inflight", tokens=60, delay_ms=30)
+        accepted = await trial.post(text)
+        await trial.subscriber.streaming(accepted.message_id, seq=3)
+        await publish_job(channel, job_of(accepted))
+        trial.expect(whole_reply(accepted.message_id, text, 60))
+        trial.once_settled(lambda: undrained(stack, timeout=10))
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 async def post_with_key(
@@ -230,7 +232,7 @@ async def test_retried_post_with_the_same_idempotency_key_gets_one_reply(
     """Same key: the same answer every time, before and after the reply finished."""
     async with (
         results.fault("POST retried with the same Idempotency-Key") as tally,
-        fault_trial(stack, tally, watchers=0) as trial,
+        fault_trial(stack, tally, watchers=0, trials=2) as trial,
     ):
         api = trial.api
         text = prompt("idem", tokens=20, delay_ms=10)
@@ -241,12 +243,10 @@ async def test_retried_post_with_the_same_idempotency_key_gets_one_reply(
         accepted = ChatAccepted.model_validate(first[1])
         await api.finished(trial.conversation_id, accepted.message_id)
         late = await post_with_key(api, key, body)
-        tally.trials += 2
         assert first[0] == again[0] == late[0] == 202, (first, again, late)
         assert first[1] == again[1] == late[1]
         trial.expect(Expect(accepted.message_id, model_calls=1, prompt=text))
-    problems = trial.problems
-    assert not problems, "\n".join(problems)
+    assert not trial.problems, "\n".join(trial.problems)
 
 
 @pytest.mark.parametrize("with_conversation_id", [True, False], ids=["given-id", "new-id"])
@@ -266,17 +266,18 @@ async def test_concurrent_posts_with_the_same_idempotency_key_get_one_reply(
             answers = await asyncio.gather(
                 *(post_with_key(apis[index % 2], key, body) for index in range(6))
             )
-        tally.trials += len(answers) - 1
         assert [status for status, _ in answers] == [202] * len(answers), answers
         assert all(answer == answers[0][1] for _, answer in answers), answers
         accepted = ChatAccepted.model_validate(answers[0][1])
-        async with fault_trial(stack, tally, accepted.conversation_id, watchers=0) as trial:
+        retries = len(answers) - 1
+        async with fault_trial(
+            stack, tally, accepted.conversation_id, watchers=0, trials=retries
+        ) as trial:
             trial.expect(Expect(accepted.message_id, model_calls=1, prompt=text))
             stored = await trial.api.conversation(accepted.conversation_id)
-    problems = list(trial.problems)
-    if [message.id for message in stored.messages] != [
-        accepted.user_message_id,
-        accepted.message_id,
-    ]:
-        problems.append(f"the conversation holds {stored.messages}")
-    assert not problems, "\n".join(problems)
+            if [message.id for message in stored.messages] != [
+                accepted.user_message_id,
+                accepted.message_id,
+            ]:
+                trial.problems.append(f"the conversation holds {stored.messages}")
+    assert not trial.problems, "\n".join(trial.problems)

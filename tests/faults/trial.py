@@ -12,7 +12,7 @@ A fault test reads as the fault and its checks:
 """
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
 from shared.schemas import ChatAccepted
@@ -21,6 +21,9 @@ from tests.faults.clients import MockProbe, clients
 from tests.faults.stack import FaultStack
 from tests.faults.subscribers import LiveSubscriber
 from tests.helpers import ApiClient, new_conversation_id
+
+Check = Callable[[], Awaitable[str | None]]
+"""A test's own check, made once the trial's replies have settled: the problem found, or None."""
 
 
 @dataclass
@@ -33,8 +36,10 @@ class Trial:
     exits: contextlib.AsyncExitStack
     subscribers: list[LiveSubscriber] = field(default_factory=list)
     expects: list[Expect] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    """What the settle and the audit found wrong, once the trial's block has ended."""
+    """What went wrong: what the test adds in its block, then what the settle, the test's
+    `once_settled` checks and the audit found once the block has ended."""
     disconnected: list[str] = field(default_factory=list)
     """The subscribers that had lost their connection when the replies were audited."""
 
@@ -62,6 +67,11 @@ class Trial:
         """Replies to settle and audit when the block ends."""
         self.expects += expects
 
+    def once_settled(self, check: Check) -> None:
+        """A check to make when the block ends, once the replies have settled, before the audit
+        (which counts the model's calls: what the check waits for has happened by then)."""
+        self.checks.append(check)
+
 
 @contextlib.asynccontextmanager
 async def fault_trial(
@@ -70,8 +80,10 @@ async def fault_trial(
     conversation_id: str | None = None,
     watchers: int = 1,
     timeout: float = 30.0,
+    trials: int = 1,
 ) -> AsyncIterator[Trial]:
-    """Subscribe on the first `watchers` APIs, yield, then settle, audit and count the trial.
+    """Subscribe on the first `watchers` APIs, yield, then settle, audit and count the trial
+    (as `trials` of them: a block that sends three duplicates tries the fault three times).
 
     Problems are collected, not raised, in `trial.problems` (and the tally's notes), so the
     counts are complete whatever went wrong; the test asserts on them.
@@ -85,7 +97,10 @@ async def fault_trial(
             trial.problems += await settle(
                 trial.api, trial.conversation_id, expect.reply_id, trial.subscribers, timeout
             )
-        tally.trials += 1
+        for check in trial.checks:
+            if (problem := await check()) is not None:
+                trial.problems.append(problem)
+        tally.trials += trials
         trial.problems += await audit(
             trial.api, trial.conversation_id, trial.expects, tally, trial.subscribers, mock
         )
