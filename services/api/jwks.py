@@ -3,11 +3,16 @@
 A token signed with a key id we do not know makes us fetch the document again at once (the
 provider has rotated its keys), but at most once per `REFETCH_INTERVAL_SECONDS`, so tokens
 with made-up key ids cannot turn the API into a flood of requests to the provider.
+
+A fetch that fails is not tried again for `RETRY_AFTER_FAILURE_SECONDS`: meanwhile requests
+use the keys fetched before (or are answered 503 at once if there are none), instead of each
+waiting up to `FETCH_TIMEOUT_SECONDS` for a provider that is away.
 """
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import httpx2
 import jwt
@@ -17,6 +22,7 @@ log = logging.getLogger(__name__)
 ALGORITHMS = frozenset({"RS256", "ES256"})
 REFETCH_INTERVAL_SECONDS = 10.0
 FETCH_TIMEOUT_SECONDS = 5.0
+RETRY_AFTER_FAILURE_SECONDS = 5.0
 
 
 class KeysUnavailable(Exception):
@@ -34,23 +40,27 @@ class KeySet:
         cache_seconds: float,
         refetch_interval: float = REFETCH_INTERVAL_SECONDS,
         client: httpx2.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.url = url
         self.cache_seconds = cache_seconds
         self.refetch_interval = refetch_interval
+        self.clock = clock
         self.client = client or httpx2.AsyncClient(timeout=FETCH_TIMEOUT_SECONDS)
         self.keys: dict[str | None, jwt.PyJWK] = {}
         self.fetched_at: float | None = None
         self.refetched_at = -refetch_interval
+        self.next_attempt = -RETRY_AFTER_FAILURE_SECONDS
+        """No fetch before this time (on `clock`): the last one failed."""
         self.lock = asyncio.Lock()
 
     async def key(self, key_id: str | None) -> jwt.PyJWK:
         """The key that signed a token, by the `kid` of its header."""
-        if self.fetched_at is None or time.monotonic() - self.fetched_at > self.cache_seconds:
+        if self.fetched_at is None or self.clock() - self.fetched_at > self.cache_seconds:
             await self._refresh(self.fetched_at)
         found = self._lookup(key_id)
-        if found is None and time.monotonic() - self.refetched_at >= self.refetch_interval:
-            self.refetched_at = time.monotonic()
+        if found is None and self.clock() - self.refetched_at >= self.refetch_interval:
+            self.refetched_at = self.clock()
             await self._refresh(self.fetched_at)
             found = self._lookup(key_id)
         if found is None:
@@ -66,18 +76,24 @@ class KeySet:
         return self.keys.get(key_id)
 
     async def _refresh(self, seen: float | None) -> None:
-        """Fetch the document, once for all the callers that found the same copy too old."""
+        """Fetch the document, once for all the callers that found the same copy too old, and
+        not again for RETRY_AFTER_FAILURE_SECONDS if that fetch failed."""
         async with self.lock:
             if self.fetched_at != seen:
+                return
+            if self.clock() < self.next_attempt:
+                if not self.keys:
+                    raise KeysUnavailable("AUTH_JWKS_URL failed just now; not asked again yet")
                 return
             try:
                 self.keys = await self._fetch()
             except KeysUnavailable:
+                self.next_attempt = self.clock() + RETRY_AFTER_FAILURE_SECONDS
                 if not self.keys:
                     raise
                 log.warning("could not refresh AUTH_JWKS_URL; keeping the keys fetched before")
                 return
-            self.fetched_at = time.monotonic()
+            self.fetched_at = self.clock()
 
     async def _fetch(self) -> dict[str | None, jwt.PyJWK]:
         try:

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Annotated, Any
 
 import httpx
+import httpx2
 import jwt
 import pytest
 from fastapi import Depends, FastAPI
@@ -22,12 +23,13 @@ from services.api.auth import (
     verifier_from,
     warn_if_open,
 )
-from services.api.jwks import KeySet
+from services.api.jwks import RETRY_AFTER_FAILURE_SECONDS, KeySet
 from shared.settings import Settings
 from shared.startup import ConfigurationInvalid
 from tests.tokens import TEST_SECRET, KeyServer, SigningKey, hs256
 
 LEEWAY = 30.0
+CACHE_SECONDS = 300.0
 
 
 def secret_verifier(issuer: str | None = None, audience: str | None = None) -> TokenVerifier:
@@ -155,24 +157,89 @@ async def test_a_rotated_key_is_fetched_once_and_unknown_kids_are_rate_limited(
     assert key_server.fetches == 2, "made-up kids do not make the API hammer the provider"
 
 
+class Clock:
+    """A monotonic clock that moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class CountedKeySet(KeySet):
+    """A KeySet on a hand-moved clock that counts its attempts to fetch, answered or not."""
+
+    def __init__(self, url: str, cache_seconds: float = CACHE_SECONDS) -> None:
+        self.attempts = 0
+
+        async def count(request: httpx2.Request) -> None:
+            self.attempts += 1
+
+        client = httpx2.AsyncClient(timeout=5.0, event_hooks={"request": [count]})
+        super().__init__(url, cache_seconds, client=client, clock=Clock())
+
+    def advance(self, seconds: float) -> None:
+        assert isinstance(self.clock, Clock)
+        self.clock.now += seconds
+
+
+def stop(server: KeyServer) -> None:
+    """The provider goes away: its port refuses connections."""
+    server.http.shutdown()
+    server.http.server_close()
+
+
 async def test_jwks_keeps_its_keys_when_the_provider_goes_away(key_server: KeyServer) -> None:
-    keys = KeySet(key_server.url, cache_seconds=0.01)
+    keys = CountedKeySet(key_server.url)
     verifier = TokenVerifier(keys, None, None, LEEWAY)
     try:
         assert (await verifier.verify(key_server.keys[0].token())).user == "alice"
-        key_server.http.shutdown()
-        key_server.http.server_close()
-        await asyncio.sleep(0.05)  # past cache_seconds: the next use refetches
+        stop(key_server)
+        keys.advance(CACHE_SECONDS + 1)  # the copy is stale: the next use refetches
         assert (await verifier.verify(key_server.keys[1].token())).user == "alice"
+        assert keys.attempts == 2, "a refetch was tried, failed, and the old keys served"
+    finally:
+        await verifier.close()
+
+
+async def test_a_failed_refresh_is_not_retried_by_every_request(key_server: KeyServer) -> None:
+    """With the provider away, one request in RETRY_AFTER_FAILURE_SECONDS tries it, not all."""
+    keys = CountedKeySet(key_server.url)
+    verifier = TokenVerifier(keys, None, None, LEEWAY)
+    token = key_server.keys[0].token()
+    try:
+        await verifier.verify(token)
+        stop(key_server)
+        keys.advance(CACHE_SECONDS + 1)
+        for _ in range(3):
+            assert (await verifier.verify(token)).user == "alice"
+        await asyncio.gather(*(verifier.verify(token) for _ in range(5)))
+        assert keys.attempts == 2, "one failed refetch, then the keys fetched before"
+        keys.advance(RETRY_AFTER_FAILURE_SECONDS - 0.1)
+        await verifier.verify(token)
+        assert keys.attempts == 2, "still backing off"
+        keys.advance(0.1)
+        assert (await verifier.verify(token)).user == "alice"
+        assert keys.attempts == 3, "tried again once the back-off is over"
     finally:
         await verifier.close()
 
 
 async def test_an_unreachable_provider_is_unavailable_not_unauthorised() -> None:
-    verifier = TokenVerifier(KeySet("http://127.0.0.1:9/jwks", 300), None, None, LEEWAY)
+    """No keys at all: a 503 for every request, but the provider is asked once per back-off."""
+    keys = CountedKeySet("http://127.0.0.1:9/jwks")
+    verifier = TokenVerifier(keys, None, None, LEEWAY)
+    token = SigningKey.rsa("k").token()
     try:
+        for _ in range(3):
+            with pytest.raises(AuthUnavailable):
+                await verifier.verify(token)
+        assert keys.attempts == 1
+        keys.advance(RETRY_AFTER_FAILURE_SECONDS)
         with pytest.raises(AuthUnavailable):
-            await verifier.verify(SigningKey.rsa("k").token())
+            await verifier.verify(token)
+        assert keys.attempts == 2
     finally:
         await verifier.close()
 
