@@ -1,8 +1,10 @@
 """Who is asking: a bearer JWT's `sub`, checked against AUTH_JWT_SECRET or AUTH_JWKS_URL.
 
 With neither set the API runs open: everyone is the one user `local` (a laptop, never the
-internet). A refused token is answered `401` with `WWW-Authenticate: Bearer` and a JSON body
-that says what is wrong with the token, never anything about the key that checked it.
+internet). With either set, no token may name `local` as its `sub`: that user owns whatever
+was stored while the API ran open. A refused token is answered `401` with
+`WWW-Authenticate: Bearer` and a JSON body that says what is wrong with the token, never
+anything about the key that checked it.
 """
 
 import logging
@@ -142,6 +144,10 @@ class TokenVerifier:
         if not isinstance(user, str) or not 1 <= len(user) <= MAX_SUBJECT_LENGTH:
             raise TokenRejected(
                 "invalid_subject", f"the token's 'sub' must be 1 to {MAX_SUBJECT_LENGTH} characters"
+            )
+        if user == OPEN_USER:
+            raise TokenRejected(
+                "invalid_subject", f"the token's 'sub' may not be '{OPEN_USER}', the open user"
             )
         return Identity(user, float(claims["exp"]) + self.leeway)
 

@@ -66,6 +66,7 @@ REFUSED_TOKENS: dict[str, tuple[Callable[[], str | None], str]] = {
     "no exp": (lambda: hs256(exp=None), "missing_claim"),
     "no sub": (lambda: hs256(sub=None), "missing_claim"),
     "long sub": (lambda: hs256(sub="x" * 201), "invalid_subject"),
+    "open mode's user": (lambda: hs256(sub=OPEN_USER), "invalid_subject"),
     "alg none": (
         lambda: jwt.encode({"sub": "alice", "exp": int(time.time()) + 60}, "", "none"),
         "wrong_algorithm",
