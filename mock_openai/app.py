@@ -1,5 +1,6 @@
 """The Starlette app: OpenAI-compatible routes plus `/_mock/*` routes for inspecting the logs."""
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -11,7 +12,7 @@ from starlette.routing import Route
 from mock_openai.chat import DEFAULT_MODEL, BadRequestError, CompletionRequest, parse_chat_request
 from mock_openai.directives import DirectiveError, Directives, parse_directives
 from mock_openai.journal import Journal
-from mock_openai.script import reasoning_tokens, reply_tokens
+from mock_openai.script import reasoning_tokens, reply_tokens, text_pieces
 from mock_openai.stream import TokenStream
 from mock_openai.wire import Completion, Quirks, error_body, usage
 
@@ -27,6 +28,15 @@ class OrjsonResponse(Response):
 
 def _error(status: int, message: str, error_type: str = "invalid_request_error") -> Response:
     return OrjsonResponse(error_body(message, error_type, None), status_code=status)
+
+
+Script = Callable[[str, int, int], list[str]]
+"""How the mock makes up `count` tokens for a key and an attempt (`reply_tokens`, ...)."""
+
+
+def _words(given: str | None, made: Script, key: str, attempt: int, count: int) -> list[str]:
+    """The first `count` pieces of a given text, or the made-up tokens for `key`."""
+    return made(key, attempt, count) if given is None else text_pieces(given)[:count]
 
 
 class MockEndpoints:
@@ -47,8 +57,10 @@ class MockEndpoints:
             message = f"mock error status={directives.status} (attempt {attempt})"
             body = error_body(message, "mock_error", directives.status)
             return OrjsonResponse(body, status_code=directives.status)
-        tokens = reply_tokens(chat.key, attempt, directives.sent_tokens)
-        reasoning = reasoning_tokens(chat.key, attempt, directives.reasoning)
+        tokens = _words(directives.text, reply_tokens, chat.key, attempt, directives.sent_tokens)
+        reasoning = _words(
+            directives.reasoning_text, reasoning_tokens, chat.key, attempt, directives.reasoning
+        )
         token_usage = usage(chat.prompt_words, len(reasoning) + len(tokens), len(reasoning))
         reply = Completion(
             chat.model, Quirks(directives.comments, directives.empty_choices, directives.done)

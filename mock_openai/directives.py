@@ -16,6 +16,9 @@ last user message; the first such bracket wins. The fields:
 - `empty_choices=1`: a chunk with empty `choices` before every chunk that has one.
 - `done=0`: no `data: [DONE]` after the last chunk.
 - `usage=0`: ignore `stream_options.include_usage`, as some servers do.
+- `text`, `reasoning_text`: the reply (or its reasoning) is this text, percent-encoded (so it
+  may hold spaces, `]` or markup: `text=%3Cb%3Ehi%3C%2Fb%3E`), streamed a word at a time, the
+  same on every attempt; `tokens` (or `reasoning`) is then its number of words.
 """
 
 import math
@@ -23,11 +26,16 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
+from urllib.parse import unquote
+
+from mock_openai.script import text_pieces
 
 _DIRECTIVE = re.compile(r"\[mock\b([^\]]*)\]")
 _FINISH_REASON = re.compile(r"[a-z_]{1,32}")
 REASONING_FIELDS = ("reasoning_content", "reasoning")
 _CUTS = ("fail_after", "hang_after", "error_after")
+_GIVEN = {"text": "tokens", "reasoning_text": "reasoning"}
+"""A given text and the count it sets."""
 
 
 class DirectiveError(ValueError):
@@ -54,6 +62,8 @@ class Directives:
     empty_choices: bool = False
     done: bool = True
     usage: bool = True
+    text: str | None = None
+    reasoning_text: str | None = None
 
     @property
     def cut(self) -> int | None:
@@ -95,6 +105,11 @@ def parse_directives(text: str, defaults: Directives) -> Directives:
         overrides[name] = convert(name, raw)
     if sum(name in overrides for name in _CUTS) > 1:
         raise DirectiveError("use only one of fail_after, hang_after and error_after")
+    for given, count in _GIVEN.items():
+        if given in overrides:
+            if count in overrides:
+                raise DirectiveError(f"{given} sets {count}: leave {count} out")
+            overrides[count] = len(text_pieces(overrides[given]))
     return replace(defaults, **overrides)
 
 
@@ -141,6 +156,13 @@ def _reasoning_field(name: str, raw: str) -> str:
     return raw
 
 
+def _given_text(name: str, raw: str) -> str:
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise DirectiveError(f"{name} must be percent-encoded UTF-8, got {raw!r}") from None
+
+
 _FIELDS: dict[str, Callable[[str, str], Any]] = {
     "tokens": _count,
     "delay_ms": _milliseconds,
@@ -155,4 +177,6 @@ _FIELDS: dict[str, Callable[[str, str], Any]] = {
     "empty_choices": _flag,
     "done": _flag,
     "usage": _flag,
+    "text": _given_text,
+    "reasoning_text": _given_text,
 }

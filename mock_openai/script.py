@@ -1,5 +1,6 @@
 """The deterministic reply text, importable so callers can predict what the mock will say."""
 
+import re
 from hashlib import blake2b
 
 VOCABULARY: tuple[str, ...] = (
@@ -14,6 +15,7 @@ VOCABULARY: tuple[str, ...] = (
 )  # fmt: skip
 _TOKENS = tuple(word + " " for word in VOCABULARY)  # shared strings: the logs keep every token
 _REASONING_SALT = "reasoning:"
+_WORD = re.compile(r"\S+\s*|\s+")
 
 
 def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
@@ -34,3 +36,8 @@ def reply_tokens(key: str, attempt: int, count: int) -> list[str]:
 def reasoning_tokens(key: str, attempt: int, count: int) -> list[str]:
     """Return the `count` reasoning tokens streamed before the reply: other words than the text."""
     return reply_tokens(_REASONING_SALT + key, attempt, count)
+
+
+def text_pieces(text: str) -> list[str]:
+    """A given text as the mock streams it: each word with the whitespace after it."""
+    return _WORD.findall(text)

@@ -28,6 +28,13 @@ CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
 DESKTOP: ViewportSize = {"width": 1100, "height": 720}
 PHONE: ViewportSize = {"width": 390, "height": 760}
 WAIT_SECONDS = 20.0
+HOSTILE = (
+    '<script>window.pwned = "script"</script>\n\n'
+    '<img src="x" onerror="window.pwned = \'img\'">\n\n'
+    '[click me](javascript:window.pwned="link") and <b onmouseover="window.pwned=1">bold</b>'
+)
+"""Text that would run script if a page took it for HTML or trusted its links: typed by a user
+or written by the model, the page must show it and run none of it."""
 
 
 def chromium_installed() -> bool:

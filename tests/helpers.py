@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar, overload
+from urllib.parse import quote
 
 import httpx
 
@@ -68,8 +69,11 @@ def new_conversation_id() -> str:
 
 
 def prompt(label: str, **directives: int | float | str) -> str:
-    """A unique user message with `[mock ...]` directives (unique, so the mock's attempt is 0)."""
-    options = " ".join(f"{name}={value}" for name, value in directives.items())
+    """A unique user message with `[mock ...]` directives (unique, so the mock's attempt is 0).
+
+    Values are percent-encoded, so a `text=` may hold any text: spaces, `]`, markup.
+    """
+    options = " ".join(f"{name}={quote(str(value), safe='')}" for name, value in directives.items())
     head = f"[mock {options}] " if options else ""
     return f"{head}{label} {uuid.uuid4().hex}"
 

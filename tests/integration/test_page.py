@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 from playwright.async_api import BrowserContext, Page, Request, WebSocketRoute, expect
 
-from tests.browser import PHONE, WAIT_SECONDS, ChatPage, words
+from tests.browser import HOSTILE, PHONE, WAIT_SECONDS, ChatPage, words
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 from tests.infra import Deployment
 
@@ -125,13 +125,6 @@ async def test_two_tabs_show_the_same_conversation_live(
     assert words(await first.text(reply_id)) == words(await second.text(reply_id)) == stored
     user_id = await second.last_id("user")
     assert await second.text(user_id) == question
-
-
-HOSTILE = (
-    '<script>window.pwned = "script"</script>\n\n'
-    '<img src="x" onerror="window.pwned = \'img\'">\n\n'
-    '[click me](javascript:window.pwned="link") and <b onmouseover="window.pwned=1">bold</b>'
-)
 
 
 async def test_html_and_script_in_text_are_shown_never_run(

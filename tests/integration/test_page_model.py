@@ -1,8 +1,10 @@
 """What the page shows of the model's side of a reply: reasoning (collapsed), usage, finish."""
 
+from pathlib import Path
+
 from playwright.async_api import BrowserContext
 
-from tests.browser import ChatPage, words
+from tests.browser import HOSTILE, ChatPage, words
 from tests.helpers import ApiClient, eventually, prompt
 
 
@@ -55,3 +57,34 @@ async def test_a_reply_without_reasoning_has_no_reasoning_section(
     reply_id = await chat.last_id("assistant")
     await chat.finished(reply_id)
     assert await chat.message(reply_id).locator("details.reasoning").is_hidden()
+
+
+async def test_html_and_script_from_the_model_are_shown_never_run(
+    api: ApiClient, context: BrowserContext, tmp_path: Path
+) -> None:
+    """The model's reply and its reasoning both hold script, an `onerror` image and a
+    `javascript:` link, streamed a word at a time: the page shows them as text, runs none."""
+    chat = await ChatPage.open(context, api.base_url)
+    await chat.send(prompt("hostile model", text=HOSTILE, reasoning_text=HOSTILE, delay_ms=20))
+    reply_id = await chat.last_id("assistant")
+    await chat.finished(reply_id)
+    stored = await api.message(await chat.conversation_id(), reply_id)
+    assert (stored.message, stored.reasoning) == (HOSTILE, HOSTILE), "the model wrote it"
+
+    card = chat.message(reply_id)
+    body = card.locator(".body")
+    shown = await body.inner_text()
+    assert '<script>window.pwned = "script"</script>' in shown
+    assert '<img src="x" onerror="window.pwned = \'img\'">' in shown
+    assert "click me" in shown
+    assert await body.locator("script, img, b").count() == 0
+    await body.locator("a").click()
+    await body.locator("b, a").first.hover()
+    section = card.locator("details.reasoning")
+    await section.locator("summary").click()
+    assert await section.locator(".reasoning-text").text_content() == HOSTILE
+    assert await section.locator("script, img, b, a").count() == 0
+    await card.screenshot(path=tmp_path / "hostile-model.png")
+    assert await chat.evaluate("window.pwned") is None
+    assert await chat.page.locator('a[href^="javascript"]').count() == 0
+    assert chat.dialogs == [] and chat.errors == []

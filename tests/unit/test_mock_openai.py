@@ -19,6 +19,7 @@ import pytest_asyncio
 from mock_openai.directives import DirectiveError, Directives, parse_directives
 from mock_openai.script import VOCABULARY, reasoning_tokens, reply_tokens
 from mock_openai.wire import COMMENT_EVENT, STREAM_ERROR_MESSAGE
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_TOKENS = 8
@@ -127,6 +128,18 @@ def test_directives_override_defaults_and_reject_typos() -> None:
         "[mock comments=2]",
         "[mock done=yes]",
     ):
+        with pytest.raises(DirectiveError):
+            parse_directives(bad, defaults)
+
+
+def test_a_given_text_is_decoded_and_sets_the_count() -> None:
+    defaults = Directives(tokens=40, delay_ms=20)
+    parsed = parse_directives(
+        "[mock text=%3Cb%3Ehi%3C%2Fb%3E%20%5Bthere%5D reasoning_text=why%20not]", defaults
+    )
+    assert (parsed.text, parsed.tokens) == ("<b>hi</b> [there]", 2)
+    assert (parsed.reasoning_text, parsed.reasoning) == ("why not", 2)
+    for bad in ("[mock text=a tokens=3]", "[mock reasoning_text=a reasoning=1]", "[mock text=%FF]"):
         with pytest.raises(DirectiveError):
             parse_directives(bad, defaults)
 
@@ -298,6 +311,40 @@ async def test_tokens_directive(client: openai.AsyncOpenAI) -> None:
     received: list[str] = []
     await _stream_text(client, prompt, received)
     assert received == reply_tokens(prompt, 0, 3)
+
+
+HOSTILE = '<script>alert("x")</script>\n\n<img src=x onerror=alert(1)> [a](javascript:alert(1)) '
+
+
+@pytest.mark.asyncio
+async def test_a_given_text_is_streamed_word_by_word(client: openai.AsyncOpenAI) -> None:
+    """The reply and its reasoning are exactly the texts given, whatever they hold."""
+    prompt = helpers.prompt(
+        "say", text=HOSTILE, reasoning_text="think ] [mock tokens=1]", delay_ms=0
+    )
+    stream = await client.chat.completions.create(
+        model="gpt-test", messages=_messages(prompt), stream=True
+    )
+    content: list[str] = []
+    reasoning: list[str] = []
+    async for chunk in stream:
+        if chunk.choices:
+            delta = chunk.choices[0].delta.model_dump()
+            content.append(delta.get("content") or "")
+            reasoning.append(delta.get("reasoning_content") or "")
+    assert "".join(content) == HOSTILE
+    assert "".join(reasoning) == "think ] [mock tokens=1]"
+    assert [piece for piece in content if piece][:2] == ['<script>alert("x")</script>\n\n', "<img "]
+
+
+@pytest.mark.asyncio
+async def test_a_given_text_is_cut_like_any_reply(client: openai.AsyncOpenAI) -> None:
+    received: list[str] = []
+    with pytest.raises(openai.APIConnectionError):
+        await _stream_text(
+            client, helpers.prompt("cut", text="one two three", fail_after=2), received
+        )
+    assert received == ["one ", "two "]
 
 
 @pytest.mark.asyncio
