@@ -1,12 +1,21 @@
 """Messages form a tree: parentId, branches and their context, regenerate, and ifBusy."""
 
+import itertools
 from typing import Any
 
 import pytest
 
 from shared.schemas import ChatAccepted, Message, Status
 from shared.store.database import Database
-from tests.helpers import ApiClient, MockClient, eventually, new_conversation_id, prompt
+from tests.clients import Subscriber
+from tests.helpers import (
+    ApiClient,
+    MockClient,
+    eventually,
+    expected_reply,
+    new_conversation_id,
+    prompt,
+)
 
 TOKENS = 3
 
@@ -80,6 +89,60 @@ async def test_a_branch_answers_from_its_own_path(api: ApiClient, mock: MockClie
         ("assistant", edited_reply.message),
         ("user", follow_up),
     ]
+
+
+async def test_replies_on_other_branches_wait_their_turn_in_creation_order(
+    api: ApiClient, api_b: ApiClient, mock: MockClient
+) -> None:
+    """While a reply streams, an edit of the question it answers (another branch, posted on the
+    other instance) and a follow-up to the streaming reply itself are accepted: the three
+    replies are written one at a time, in creation order, each from its own branch's path."""
+    conversation_id = new_conversation_id()
+    first, first_reply = await api.ask(prompt("first", tokens=TOKENS), conversation_id)
+    first_text = (await _by_id(api, conversation_id))[first.user_message_id].message
+    long_text = prompt("long", tokens=30, delay_ms=20)
+    edit_text = prompt("edited long", tokens=TOKENS)
+    follow_text = prompt("follow-up", tokens=TOKENS)
+    async with Subscriber.open(api.ws_url, conversation_id) as subscriber:
+        long = await _post(api, {"message": long_text, "conversationId": conversation_id})
+        await subscriber.until(lambda s: s.seq(long.message_id) >= 1, what="the long reply")
+        edit = await _post(
+            api_b,
+            {"message": edit_text, "conversationId": conversation_id, "parentId": first.message_id},
+        )
+        follow = await _post(
+            api,
+            {
+                "message": follow_text,
+                "conversationId": conversation_id,
+                "parentId": long.message_id,
+            },
+        )
+        streaming = await api.message(conversation_id, long.message_id)
+        assert streaming.status == Status.STREAMING, "precondition: posted while it streams"
+        replies = [long.message_id, edit.message_id, follow.message_id]
+        for reply_id in replies:
+            await subscriber.until_finished(reply_id, timeout=30)
+
+    timeline = subscriber.timeline()
+    for earlier, following in itertools.pairwise(replies):
+        ended = timeline.index(("message.completed", earlier, None))
+        started = timeline.index(("message.updated", following, None))
+        assert ended < started, f"reply {following} started before {earlier} completed"
+    long_reply = subscriber.text(long.message_id)
+    assert await _context(mock, edit_text) == [
+        [("user", first_text), ("assistant", first_reply.message), ("user", edit_text)]
+    ]
+    assert await _context(mock, follow_text) == [
+        [
+            ("user", first_text),
+            ("assistant", first_reply.message),
+            ("user", long_text),
+            ("assistant", long_reply),
+            ("user", follow_text),
+        ]
+    ]
+    assert long_reply == expected_reply(long_text, 30)
 
 
 async def test_a_null_parent_starts_a_new_first_message(api: ApiClient, mock: MockClient) -> None:
