@@ -115,8 +115,10 @@ async def rate_limited(request: Request, error: Exception) -> JSONResponse:
 
 
 async def too_many_replies(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, TooManyActiveReplies)
     REFUSED_ACTIVE_REPLIES.inc()
     return JSONResponse(
         {"detail": f"{error}; wait for one to finish or stop it"},
         status.HTTP_429_TOO_MANY_REQUESTS,
+        headers={"Retry-After": str(error.retry_after)},
     )

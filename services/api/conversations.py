@@ -128,9 +128,9 @@ async def delete_conversation(
     responses={
         **PROTECTED,
         **RATE_LIMITED,
+        **TOO_LARGE,
         **error(404, "No such assistant message in this conversation"),
         409: {"model": Busy, "description": "That reply is not finished yet"},
-        **PROTECTED,
     },
 )
 async def regenerate(

@@ -166,8 +166,15 @@ class SocketRegistry:
         return place
 
 
+ACTIVE_REPLIES_RETRY_AFTER_SECONDS = 5
+"""Retry-After of a refusal for MAX_ACTIVE_REPLIES: when a reply will end cannot be told, so a
+few seconds, a polite interval at which to try again."""
+
+
 class TooManyActiveReplies(Exception):
     """The user already has the most replies `created` or `streaming` that the limit allows."""
+
+    retry_after = ACTIVE_REPLIES_RETRY_AFTER_SECONDS
 
 
 class ActiveReplies:

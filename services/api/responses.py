@@ -39,7 +39,15 @@ UNAUTHORIZED: Responses = {
         "model": AuthErrorBody,
         "description": "No valid bearer token (not when the API runs open): `error` names what is "
         "wrong (missing_token, malformed_token, bad_signature, expired_token, wrong_audience, "
-        "...); `WWW-Authenticate: Bearer` is set; nothing is stored",
+        "...); nothing is stored",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": 'The challenge: `Bearer realm="chat"`, and for a token that was '
+                'sent `error="invalid_token"` with an `error_description`',
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
     }
 }
 KEYS_OR_DATABASE_UNAVAILABLE = error(
@@ -51,11 +59,12 @@ TOO_LARGE = error(413, "The body is larger than MAX_BODY_BYTES; it was not read"
 RATE_LIMITED: Responses = {
     429: {
         "model": ErrorDetail,
-        "description": "Over RATE_LIMIT_PER_MINUTE (with `Retry-After`, in seconds) or over "
-        "MAX_ACTIVE_REPLIES; nothing is stored",
+        "description": "Over RATE_LIMIT_PER_MINUTE or over MAX_ACTIVE_REPLIES; nothing is stored",
         "headers": {
             "Retry-After": {
-                "description": "Seconds until the rate limit admits a request again",
+                "description": "Seconds to wait: until the rolling minute admits a request again "
+                "(rate), or 5 (active replies: when one will finish cannot be told)",
+                "required": True,
                 "schema": {"type": "integer"},
             }
         },

@@ -169,6 +169,7 @@ async def get_message(
         **error(404, "No such reply (an assistant message) in this conversation"),
         **invalid("`conversationId` or `messageId` is malformed"),
         **PROTECTED,
+        **TOO_LARGE,
     },
 )
 async def stop_reply(

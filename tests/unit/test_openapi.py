@@ -13,13 +13,17 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from fastapi.routing import iter_route_contexts
 from pymongo.errors import ServerSelectionTimeoutError
+from starlette.routing import Mount
+from starlette.testclient import TestClient, WebSocketDenialResponse
 
 from services.api.app import create_app
-from services.api.auth import OpenAccess
+from services.api.auth import OpenAccess, TokenVerifier
 from services.api.hub import Hub
 from shared.schemas import NOT_ONLY_WHITESPACE, ChatRequest, Message
 from shared.settings import Settings
+from tests.tokens import TEST_SECRET
 
 
 class DatabaseDown:
@@ -85,6 +89,8 @@ CONVERSATION = "/conversations/{conversation_id}"
 CONVERSATIONS = "/conversations"
 REGENERATE = "/conversations/{conversation_id}/messages/{message_id}/regenerate"
 
+OVER_THE_BODY_LIMIT = {"content": b"x" * (Settings.model_fields["max_body_bytes"].default + 1)}
+
 REQUESTS: list[Request] = [
     ("post", CHAT, CHAT, {"json": {"message": "hello", "conversationId": "c1"}}),
     ("post", CHAT, CHAT, {"json": {"message": "\f"}}),
@@ -108,6 +114,10 @@ REQUESTS: list[Request] = [
     ("get", CONVERSATIONS, CONVERSATIONS, {"params": {"limit": 0}}),
     ("get", CONVERSATIONS, CONVERSATIONS, {"params": {"before": "not-a-cursor"}}),
     ("post", REGENERATE, "/conversations/c1/messages/m1/regenerate", {}),
+    ("post", REGENERATE, "/conversations/c1/messages/m1/regenerate", OVER_THE_BODY_LIMIT),
+    ("post", STOP, "/conversations/c1/messages/m1/stop", OVER_THE_BODY_LIMIT),
+    ("post", CHAT, CHAT, OVER_THE_BODY_LIMIT),
+    ("patch", CONVERSATION, "/conversations/c1", OVER_THE_BODY_LIMIT),
     ("post", CHAT, CHAT, {"json": {"message": "hi", "parentId": "m1"}}),
     ("get", "/readyz", "/readyz", {}),
     ("get", "/healthz", "/healthz", {}),
@@ -199,3 +209,65 @@ async def test_the_app_answers_as_the_schema_says(
         error["loc"] == ["body", "message"] for error in response.json()["detail"]
     )
     assert refused == (pattern.search(text) is None), response.text
+
+
+OPEN_ROUTES = {
+    ("GET", "/healthz"),
+    ("GET", "/readyz"),
+    ("GET", "/metrics"),
+    ("GET", "/"),
+    ("GET", "/static"),
+    ("GET", "/docs"),
+    ("GET", "/openapi.json"),
+}
+"""What a request without a token may use when auth is on: the contract's /healthz, /readyz,
+/metrics and the page's files, and, deliberately, the API's description (README "Users")."""
+STATIC_FILE = "/app.css"
+WEBSOCKET = "WEBSOCKET"
+
+
+def every_route(app: FastAPI) -> list[tuple[str, str]]:
+    """(method, path) of every route the app serves; a mount as GET, the stream as WEBSOCKET."""
+    routes = []
+    for route in iter_route_contexts(app.routes):
+        assert route.path is not None
+        if isinstance(route.original_route, Mount):
+            routes.append(("GET", route.path))
+        else:
+            methods = route.methods or {WEBSOCKET}
+            routes += [(method, route.path) for method in methods if method != "HEAD"]
+    return routes
+
+
+def example_path(path: str) -> str:
+    path = path.replace("{conversation_id}", "c1").replace("{message_id}", "m1")
+    return path + STATIC_FILE if path == "/static" else path
+
+
+def test_only_the_open_routes_answer_without_a_token() -> None:
+    """With auth on, every other route, WebSocket included, is a 401 with its challenge, and
+    each 401 is documented with its `WWW-Authenticate` header."""
+    backend: Any = NothingStored()
+    verifier = TokenVerifier(TEST_SECRET, None, None, leeway=30.0)
+    app = create_app(backend, Settings(_env_file=None), verifier)
+    spec = app.openapi()
+    http = TestClient(app)
+    answered = set()
+    for method, path in every_route(app):
+        if method == WEBSOCKET:
+            with (
+                pytest.raises(WebSocketDenialResponse) as denied,
+                http.websocket_connect(example_path(path)),
+            ):
+                pass
+            assert denied.value.status_code == 401
+            continue
+        response = http.request(method, example_path(path))
+        if response.status_code != 401:
+            assert response.status_code == 200, (method, path, response.status_code)
+            answered.add((method, path))
+            continue
+        assert response.headers["www-authenticate"].startswith('Bearer realm="chat"')
+        documented = spec["paths"][path][method.lower()]["responses"]["401"]
+        assert documented["headers"]["WWW-Authenticate"]["required"], (method, path)
+    assert answered == OPEN_ROUTES
