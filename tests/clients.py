@@ -9,7 +9,7 @@ of `message.completed` (a `message.failed` may replace them with the stored ones
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Self, get_args
 
 import orjson
@@ -25,7 +25,7 @@ from shared.events import (
     SNAPSHOT,
     MessageEventType,
 )
-from shared.schemas import FINISHED, Message, Status
+from shared.schemas import FINISHED, ChatAccepted, Message, Status
 
 DEFAULT_TIMEOUT = 20.0
 MESSAGE_EVENTS = frozenset(get_args(MessageEventType))
@@ -234,3 +234,18 @@ class Subscriber(Rebuilder):
     async def until_finished(self, message_id: str, timeout: float = DEFAULT_TIMEOUT) -> Message:
         await self.until(lambda s: s.is_finished(message_id), timeout, f"{message_id} to finish")
         return self.messages[message_id]
+
+    async def until_only(
+        self, accepted: Sequence[ChatAccepted], timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        """Read until the `accepted` requests' replies finish, and check that every event was
+        theirs: requests refused before them on the same API instance published nothing, since
+        anything they had published would have come first. No waiting on silence needed."""
+        for request in accepted:
+            await self.until_finished(request.message_id, timeout)
+        theirs = {request.message_id for request in accepted}
+        theirs |= {request.user_message_id for request in accepted}
+        kind, first, _ = self.timeline()[0]
+        assert kind == CREATED and first in theirs, f"the first event was not theirs: {first}"
+        others = [event for event in self.timeline() if event[1] not in theirs]
+        assert not others, f"events of other requests: {others}"

@@ -1,5 +1,9 @@
 """Limits (contract "Limits"): per user, held across two API instances; a refused request
 stores and publishes nothing.
+
+"Publishes nothing" is proven without waiting on silence: the owner watches the conversation
+the refused requests were aimed at, then makes accepted requests there on the same instances,
+and the first event (indeed every event) that arrives is theirs (`Subscriber.until_only`).
 """
 
 import asyncio
@@ -11,7 +15,10 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from services.api.limits import ACTIVE_REPLIES_RETRY_AFTER_SECONDS
+from shared.schemas import ChatAccepted
 from shared.store.database import Database
+from tests.clients import Subscriber
 from tests.helpers import ApiClient, eventually, new_conversation_id, prompt
 from tests.infra import Deployment
 from tests.tokens import (
@@ -36,8 +43,11 @@ def api_pids(stack: Deployment) -> list[int]:
     return [process.pid for process in stack.stack.processes if "-api-" in process.name]
 
 
-async def send_huge_body(url: str, headers: dict[str, str], declare_length: bool) -> str:
-    """Start a 50 MB POST, send a little over MAX_BODY_BYTES of it, and read the answer.
+async def send_huge_body(
+    url: str, headers: dict[str, str], declare_length: bool, conversation_id: str
+) -> str:
+    """Start a 50 MB POST to a conversation, send a little over MAX_BODY_BYTES of it, and read
+    the answer.
 
     The body is never finished: an answer at all proves the API decided before reading it
     whole. (Sending on would race the API's close against the answer, and a reset can swallow
@@ -50,11 +60,13 @@ async def send_huge_body(url: str, headers: dict[str, str], declare_length: bool
     head.append(f"content-length: {FIFTY_MB}" if declare_length else "transfer-encoding: chunked")
     writer.write(("\r\n".join(head) + "\r\n\r\n").encode())
     status = asyncio.create_task(reader.readline())
-    chunk = b'{"message": "' + b"x" * (CHUNK - 13)
+    start = b'{"conversationId": "%s", "message": "' % conversation_id.encode()
+    chunk = start + b"x" * (CHUNK - len(start))
     sent = 0
     try:
         while sent <= 2 * BODY_LIMIT and not status.done():
             writer.write(chunk if declare_length else b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            chunk = b"x" * CHUNK
             with contextlib.suppress(ConnectionError):
                 await asyncio.wait_for(writer.drain(), 5)
             sent += len(chunk)
@@ -69,13 +81,18 @@ async def test_a_50_mb_body_is_refused_with_413_before_it_is_read(
     auth_stack: Deployment, auth_database: Database, declare_length: bool
 ) -> None:
     pid = api_pids(auth_stack)[0]
-    rss_before = psutil.Process(pid).memory_info().rss
-    count = await auth_database["messages"].count_documents({})
-    line = await send_huge_body(auth_stack.api_urls[0], bearer(new_user()), declare_length)
-    assert line == "HTTP/1.1 413 Request Entity Too Large"
-    grown = psutil.Process(pid).memory_info().rss - rss_before
-    assert grown < 16 * 1024 * 1024, f"the API grew by {grown} bytes"
-    assert await auth_database["messages"].count_documents({}) == count
+    user, conversation_id = new_user(), new_conversation_id()
+    url = auth_stack.api_urls[0]
+    async with watching(auth_stack.api_urls[1], user, conversation_id) as subscriber:
+        rss_before = psutil.Process(pid).memory_info().rss
+        count = await auth_database["messages"].count_documents({})
+        line = await send_huge_body(url, bearer(user), declare_length, conversation_id)
+        assert line == "HTTP/1.1 413 Request Entity Too Large"
+        grown = psutil.Process(pid).memory_info().rss - rss_before
+        assert grown < 16 * 1024 * 1024, f"the API grew by {grown} bytes"
+        assert await auth_database["messages"].count_documents({}) == count
+        accepted = await client(url, user).post_chat(prompt("fits", tokens=1), conversation_id)
+        await subscriber.until_only([accepted])
 
 
 async def test_cors_allows_only_the_listed_origins(auth_stack: Deployment) -> None:
@@ -95,24 +112,65 @@ def client(url: str, sub: str) -> ApiClient:
     return ApiClient(httpx.AsyncClient(base_url=url, timeout=10.0, headers=bearer(sub)))
 
 
-async def post(api: ApiClient, text: str) -> httpx.Response:
-    return await api.http.post("/chat", json={"message": text})
+def watching(
+    url: str, sub: str, conversation_id: str
+) -> contextlib.AbstractAsyncContextManager[Subscriber]:
+    """The owner's WebSocket on a conversation, open from the snapshot on."""
+    return Subscriber.open(url.replace("http://", "ws://", 1), conversation_id, headers=bearer(sub))
+
+
+async def post(api: ApiClient, text: str, conversation_id: str) -> httpx.Response:
+    return await api.http.post("/chat", json={"message": text, "conversationId": conversation_id})
+
+
+async def regenerate(api: ApiClient, reply: ChatAccepted) -> httpx.Response:
+    path = f"/conversations/{reply.conversation_id}/messages/{reply.message_id}/regenerate"
+    return await api.http.post(path)
+
+
+async def stop(api: ApiClient, reply: ChatAccepted) -> None:
+    path = f"/conversations/{reply.conversation_id}/messages/{reply.message_id}/stop"
+    assert (await api.http.post(path)).status_code == 200
+
+
+async def minute_passes(database: Database, user: str) -> None:
+    """What a minute would do to the user's rate window, at once: it empties."""
+    await database["rate_limits"].delete_one({"_id": user})
+
+
+async def use_up_the_rate(instances: list[ApiClient], count: int) -> None:
+    """`count` requests admitted, each in a new conversation and finished (so none is active)."""
+    for index in range(count):
+        accepted = await instances[index % 2].post_chat(prompt("rate", tokens=1, delay_ms=0))
+        await instances[0].finished(accepted.conversation_id, accepted.message_id)
+
+
+async def slow_replies(instances: list[ApiClient]) -> list[ChatAccepted]:
+    """MAX_ACTIVE_REPLIES replies still being written, each in a new conversation."""
+    return [
+        await instances[index % 2].post_chat(prompt("slow", tokens=200, delay_ms=20))
+        for index in range(ACTIVE_REPLIES)
+    ]
 
 
 async def test_the_rate_limit_holds_across_two_instances(
     auth_stack: Deployment, auth_database: Database
 ) -> None:
-    user = new_user()
+    user, conversation_id = new_user(), new_conversation_id()
     instances = [client(url, user) for url in auth_stack.api_urls]
-    for index in range(RATE_LIMIT):
-        accepted = await instances[index % 2].post_chat(prompt("rate", tokens=1, delay_ms=0))
-        await instances[0].finished(accepted.conversation_id, accepted.message_id)
+    await use_up_the_rate(instances, RATE_LIMIT)
     stored = await auth_database["messages"].count_documents({"owner": user})
-    for api in instances:
-        refused = await post(api, prompt("over the rate"))
-        assert refused.status_code == 429, refused.text
-        assert 1 <= int(refused.headers["retry-after"]) <= 60
-    assert await auth_database["messages"].count_documents({"owner": user}) == stored
+    async with watching(auth_stack.api_urls[0], user, conversation_id) as subscriber:
+        for api in instances:
+            refused = await post(api, prompt("over the rate"), conversation_id)
+            assert refused.status_code == 429, refused.text
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        await minute_passes(auth_database, user)
+        accepted = [
+            await api.post_chat(prompt("in time", tokens=1), conversation_id) for api in instances
+        ]
+        await subscriber.until_only(accepted)
     other = client(auth_stack.api_urls[0], new_user())
     await other.post_chat(prompt("someone else", tokens=1, delay_ms=0))
 
@@ -120,24 +178,69 @@ async def test_the_rate_limit_holds_across_two_instances(
 async def test_active_replies_are_capped_across_two_instances(
     auth_stack: Deployment, auth_database: Database
 ) -> None:
+    user, conversation_id = new_user(), new_conversation_id()
+    instances = [client(url, user) for url in auth_stack.api_urls]
+    slow = await slow_replies(instances)
+    stored = await auth_database["messages"].count_documents({"owner": user})
+    async with watching(auth_stack.api_urls[1], user, conversation_id) as subscriber:
+        for api in instances:
+            refused = await post(api, prompt("one too many"), conversation_id)
+            assert refused.status_code == 429, refused.text
+            assert "still being written" in refused.json()["detail"]
+            assert refused.headers["retry-after"] == str(ACTIVE_REPLIES_RETRY_AFTER_SECONDS)
+        assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        accepted = []
+        for api, finished in zip(instances, slow, strict=True):
+            await stop(instances[1], finished)
+            accepted.append(await api.post_chat(prompt("room again", tokens=1), conversation_id))
+        await subscriber.until_only(accepted)
+
+
+async def test_regenerate_answers_429_at_the_rate_limit_storing_nothing(
+    auth_stack: Deployment, auth_database: Database
+) -> None:
     user = new_user()
     instances = [client(url, user) for url in auth_stack.api_urls]
-    slow = [
-        await instances[index % 2].post_chat(prompt("slow", tokens=200, delay_ms=20))
-        for index in range(ACTIVE_REPLIES)
-    ]
+    first, _ = await instances[0].ask(prompt("to regenerate", tokens=1))
+    await use_up_the_rate(instances, RATE_LIMIT - 1)
     stored = await auth_database["messages"].count_documents({"owner": user})
-    for api in instances:
-        refused = await post(api, prompt("one too many"))
-        assert refused.status_code == 429, refused.text
-        assert "still being written" in refused.json()["detail"]
-    assert await auth_database["messages"].count_documents({"owner": user}) == stored
-    stop = f"/conversations/{slow[0].conversation_id}/messages/{slow[0].message_id}/stop"
-    assert (await instances[1].http.post(stop)).status_code == 200
-    await instances[0].post_chat(prompt("room again", tokens=1, delay_ms=0))
-    for accepted in slow[1:]:
-        url = f"/conversations/{accepted.conversation_id}/messages/{accepted.message_id}/stop"
-        await instances[0].http.post(url)
+    async with watching(auth_stack.api_urls[1], user, first.conversation_id) as subscriber:
+        for api in instances:
+            refused = await regenerate(api, first)
+            assert refused.status_code == 429, refused.text
+            assert 1 <= int(refused.headers["retry-after"]) <= 60
+        assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        await minute_passes(auth_database, user)
+        accepted = []
+        for api in instances:
+            response = await regenerate(api, first)
+            assert response.status_code == 202, response.text
+            accepted.append(ChatAccepted.model_validate(response.json()))
+        await subscriber.until_only(accepted)
+
+
+async def test_regenerate_answers_429_at_the_active_reply_limit_storing_nothing(
+    auth_stack: Deployment, auth_database: Database
+) -> None:
+    user = new_user()
+    instances = [client(url, user) for url in auth_stack.api_urls]
+    first, _ = await instances[0].ask(prompt("to regenerate", tokens=1))
+    slow = await slow_replies(instances)
+    stored = await auth_database["messages"].count_documents({"owner": user})
+    async with watching(auth_stack.api_urls[0], user, first.conversation_id) as subscriber:
+        for api in instances:
+            refused = await regenerate(api, first)
+            assert refused.status_code == 429, refused.text
+            assert "still being written" in refused.json()["detail"]
+            assert refused.headers["retry-after"] == str(ACTIVE_REPLIES_RETRY_AFTER_SECONDS)
+        assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        accepted = []
+        for api, finished in zip(instances, slow, strict=True):
+            await stop(api, finished)
+            response = await regenerate(api, first)
+            assert response.status_code == 202, response.text
+            accepted.append(ChatAccepted.model_validate(response.json()))
+        await subscriber.until_only(accepted)
 
 
 def ws(url: str, conversation_id: str) -> str:
