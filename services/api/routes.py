@@ -143,7 +143,6 @@ async def list_messages(
 
 @router.get(
     "/conversations/{conversation_id}/messages/{message_id}",
-    response_model_exclude_none=True,
     responses={
         **error(404, "No such message in this conversation"),
         **invalid("`conversationId` or `messageId` is malformed"),
@@ -164,7 +163,6 @@ async def get_message(
 
 @router.post(
     "/conversations/{conversation_id}/messages/{message_id}/stop",
-    response_model_exclude_none=True,
     responses={
         **error(404, "No such reply (an assistant message) in this conversation"),
         **invalid("`conversationId` or `messageId` is malformed"),

@@ -55,6 +55,8 @@ async def test_every_message_has_its_parent_and_the_default_is_the_latest(api: A
     assert messages[second.message_id].parent_id == second.user_message_id
     raw = await api.http.get(f"/conversations/{conversation_id}/messages")
     assert all("parentId" in message for message in raw.json()["messages"])
+    alone = await api.http.get(f"/conversations/{conversation_id}/messages/{first.user_message_id}")
+    assert alone.json().get("parentId", "left out") is None, "null, as in lists and events"
 
 
 async def test_a_branch_answers_from_its_own_path(api: ApiClient, mock: MockClient) -> None:
