@@ -221,6 +221,22 @@ def test_environment_names_are_settings(services: dict[str, Any], name: str) -> 
         assert env[passed_through] == f"${{{passed_through}:-}}"
 
 
+def test_the_docs_name_the_variables_compose_passes_through(services: dict[str, Any]) -> None:
+    """.env.example and README say which variables `docker compose` takes from the shell or
+    `.env` (every `${NAME...}` of the services' environment), and no others."""
+    passed = {
+        name
+        for service in APP_SERVICES
+        for value in environment(services[service]).values()
+        for name in re.findall(r"\$\{([A-Z][A-Z0-9_]*)", value)
+    }
+    header = re.sub(r"\n# ?", " ", (ROOT / ".env.example").read_text())
+    listed = re.search(r"\(for (.+?) only;", header)
+    assert listed and set(re.findall(r"[A-Z][A-Z0-9_]+", listed[1])) == passed
+    readme = re.search(r"Compose passes only (.+?) through", (ROOT / "README.md").read_text(), re.S)
+    assert readme and set(re.findall(r"`([A-Z][A-Z0-9_]*)`", readme[1])) == passed
+
+
 def test_auth_is_on_with_a_development_secret_to_change(services: dict[str, Any]) -> None:
     """The API verifies tokens; the secret goes to it alone."""
     assert "AUTH_JWT_SECRET" not in environment(services["responder"])
