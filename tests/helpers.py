@@ -14,6 +14,7 @@ import httpx
 
 from mock_openai import reply_tokens
 from shared.schemas import FINISHED, ChatAccepted, ConversationMessages, Message
+from shared.store.database import Database
 
 T = TypeVar("T")
 
@@ -137,6 +138,15 @@ class ApiClient:
         accepted = await self.post_chat(message, conversation_id)
         reply = await self.finished(accepted.conversation_id, accepted.message_id, timeout)
         return accepted, reply
+
+
+async def leftovers(database: Database, conversation_id: str) -> list[dict[str, Any]]:
+    """Every document of any collection that still names the conversation."""
+    found = []
+    for name in await database.list_collection_names():
+        async for document in database[name].find({"conversationId": conversation_id}):
+            found.append({"collection": name, **document})
+    return found
 
 
 class MockClient:

@@ -21,7 +21,7 @@ from shared.schemas import (
     ConversationRename,
 )
 from shared.store.conversations import Position
-from shared.store.turns import Turn
+from shared.store.turns import ConversationGone, Turn
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,8 @@ async def delete_conversation(
     """Stop its replies in flight, remove every document of it, then close its streams.
 
     A reply's responder is stopped through the stop path; whatever it writes afterwards matches
-    no document, and its job (or a redelivery of it) finds no reply and is acknowledged.
+    no document, and its job (or a redelivery of it) finds no reply and is acknowledged. A post
+    being stored meanwhile is removed with the rest or refused (404), never left behind.
     """
     await stop_replies(
         runtime, await runtime.conversations.unfinished_replies(owner, conversation_id)
@@ -129,7 +130,7 @@ async def delete_conversation(
         **PROTECTED,
         **RATE_LIMITED,
         **TOO_LARGE,
-        **error(404, "No such assistant message in this conversation"),
+        **error(404, "No such assistant message in this conversation, or it was deleted"),
         409: {"model": Busy, "description": "That reply is not finished yet"},
     },
 )
@@ -155,7 +156,10 @@ async def regenerate(
         return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
     turn = Turn(question, new_reply(question), owner, regenerate=True)
     async with limits.new_reply(owner):
-        await runtime.turns.commit(turn, None)
+        try:
+            await runtime.turns.commit(turn, None)
+        except ConversationGone as gone:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(gone)) from gone
     return ChatAccepted(
         conversation_id=conversation_id, user_message_id=question.id, message_id=turn.reply.id
     )

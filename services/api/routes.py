@@ -22,7 +22,6 @@ from services.api.responses import (
 )
 from services.api.runtime import Runtime
 from services.api.stopping import stop_reply as stop_everywhere
-from services.api.turns import KeyTaken
 from shared.logs import about_message
 from shared.schemas import (
     CONVERSATION_ID_PATTERN,
@@ -33,6 +32,7 @@ from shared.schemas import (
     ErrorDetail,
     Message,
 )
+from shared.store.turns import ConversationGone, KeyTaken
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 
@@ -66,7 +66,11 @@ KEY_REUSED = "this Idempotency-Key was used for a different request; send a new 
     status_code=status.HTTP_202_ACCEPTED,
     response_model=ChatAccepted,
     responses={
-        404: {"model": ErrorDetail, "description": "`parentId` names no message; nothing stored"},
+        404: {
+            "model": ErrorDetail,
+            "description": "`parentId` names no message, or the conversation was deleted while "
+            "the message was being stored; nothing stored",
+        },
         409: {
             "model": Busy,
             "description": "`ifBusy: reject` and a reply of the conversation is unfinished "
@@ -109,6 +113,8 @@ async def post_chat(
         except ConversationBusy as busy:
             refusal = Busy(detail=str(busy), message_id=busy.reply_id)
             return JSONResponse(refusal.model_dump(mode="json"), status.HTTP_409_CONFLICT)
+        except ConversationGone as gone:
+            raise HTTPException(status.HTTP_404_NOT_FOUND, str(gone)) from gone
         except KeyTaken:
             turn = await runtime.turn_store.find_turn(owner, idempotency_key or "")
             if turn is None:

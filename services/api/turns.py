@@ -34,10 +34,6 @@ OUTBOX_GRACE = timedelta(seconds=5)
 """How long a fresh turn is left to the request that stored it before the outbox steps in."""
 
 
-class KeyTaken(Exception):
-    """The idempotency key belongs to an earlier turn."""
-
-
 @dataclass
 class _Pending:
     turn: Turn
@@ -57,7 +53,8 @@ class Turns:
         self._to_mark: Batches[str] = Batches()
 
     async def commit(self, turn: Turn, key: str | None) -> None:
-        """Store the turn with the next batch; raises KeyTaken if `key` was used before."""
+        """Store the turn with the next batch; raises why it was not (a `NotStored`): `key` used
+        before, its conversation busy (`ifBusy: reject`), or deleted meanwhile."""
         pending = _Pending(turn, key)
         self._to_store.add(pending)
         await pending.stored
@@ -87,15 +84,15 @@ class Turns:
     async def _store_batches(self) -> None:
         async for batch in self._to_store:
             try:
-                taken = await self.store.insert_turns([(item.turn, item.key) for item in batch])
+                refused = await self.store.insert_turns([(item.turn, item.key) for item in batch])
             except Exception as error:
                 for item in batch:
                     _settle(item.stored, error)
                 continue
             for index, item in enumerate(batch):
-                _settle(item.stored, KeyTaken(item.key) if index in taken else None)
+                _settle(item.stored, refused.get(index))
             self._to_publish.extend(
-                item.turn for index, item in enumerate(batch) if index not in taken
+                item.turn for index, item in enumerate(batch) if index not in refused
             )
 
     async def _publish_batches(self) -> None:

@@ -2,7 +2,9 @@
 
 A conversation document (`conversations`, one per owner and conversation id) summarises its
 messages for the list: title, creation and last-post times, message count. The writes that add
-messages keep it current (`turns`); this module only reads it, renames and deletes it.
+messages keep it current (`turns`, `summaries`); this module only reads it, renames and deletes
+it. While its conversation is deleted it is a tombstone, which no read or rename here matches
+(it has no owner, so no list shows it).
 
 A conversation is `(owner, conversationId)`: every query names both, so one user never reads,
 lists or stops anything of another's, even with the same conversation id.
@@ -24,11 +26,14 @@ from shared.schemas import (
 )
 from shared.store.database import Database
 from shared.store.documents import (
+    DELETING,
+    LIVE,
     UNFINISHED_VALUES,
     conversation_key,
     conversations_of,
     find_message,
     messages_of,
+    tombstone,
     with_parents,
 )
 
@@ -103,7 +108,7 @@ class ConversationStore:
 
     async def get_conversation(self, owner: str, conversation_id: str) -> Conversation | None:
         key = conversation_key(owner, conversation_id)
-        document = await self.conversations.find_one({"_id": key})
+        document = await self.conversations.find_one({"_id": key, **LIVE})
         return None if document is None else to_conversation(document)
 
     async def locate(self, owner: str, message_id: str) -> Message | None:
@@ -130,18 +135,27 @@ class ConversationStore:
         return [Message.from_document(document) async for document in cursor]
 
     async def delete(self, owner: str, conversation_id: str) -> bool:
-        """Remove every document of the conversation; False if there was none."""
+        """Remove every document of the conversation; False if there was none.
+
+        Its document becomes a tombstone first and goes last: a post being stored meanwhile, on
+        any instance, finds it and withdraws rather than bring the conversation back (see
+        `summaries`). Should this stop half-way, posts to it are refused until it is repeated.
+        """
+        key = conversation_key(owner, conversation_id)
+        summary = await self.conversations.find_one_and_replace(
+            {"_id": key}, tombstone(conversation_id), upsert=True
+        )
         messages = await self.messages.delete_many(
             {"conversationId": conversation_id, "owner": owner}
         )
-        summary = await self.conversations.delete_one(
-            {"_id": conversation_key(owner, conversation_id)}
-        )
-        return messages.deleted_count + summary.deleted_count > 0
+        await self.conversations.delete_one({"_id": key, DELETING: True})
+        return summary is not None or messages.deleted_count > 0
 
     async def rename(self, owner: str, conversation_id: str, title: str) -> Conversation | None:
         key = conversation_key(owner, conversation_id)
-        result = await self.conversations.update_one({"_id": key}, {"$set": {"title": title}})
+        result = await self.conversations.update_one(
+            {"_id": key, **LIVE}, {"$set": {"title": title}}
+        )
         if result.matched_count != 1:
             return None
         return await self.get_conversation(owner, conversation_id)

@@ -17,6 +17,10 @@ from shared.store.database import Collection, Database
 MESSAGES = "messages"
 CONVERSATIONS = "conversations"
 UNFINISHED_VALUES = [status.value for status in UNFINISHED]
+DELETING = "deleting"
+"""Marks a conversation document as a tombstone: its conversation is being deleted."""
+LIVE: dict[str, Any] = {DELETING: {"$exists": False}}
+"""Matches a conversation document that is not a tombstone."""
 
 
 class CreationOrder:
@@ -62,6 +66,12 @@ def conversations_of(database: Database) -> Collection:
 def conversation_key(owner: str, conversation_id: str) -> str:
     """The `_id` of a conversation document: unique, since a conversation id holds no `/`."""
     return f"{owner}/{conversation_id}"
+
+
+def tombstone(conversation_id: str) -> dict[str, Any]:
+    """What a conversation document is while its conversation is deleted: no owner, so no list
+    shows it, and its `_id` taken, so no write can recreate the conversation meanwhile."""
+    return {"conversationId": conversation_id, DELETING: True}
 
 
 def free() -> dict[str, Any]:

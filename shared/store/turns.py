@@ -2,20 +2,20 @@
 
 A turn is a user message and its reply's placeholder. The placeholder stays `published: false`
 until the broker confirms its job, so the outbox can publish it later if the broker is away.
-Each batch also brings the conversation documents it touches up to date, in one bulk write.
+Each batch also brings the conversation documents it touches up to date (`summaries`).
 """
 
-import asyncio
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
-from pymongo import ASCENDING, UpdateOne
+from pymongo import ASCENDING
 from pymongo.errors import BulkWriteError
 
 from shared.schemas import LOCAL_OWNER, Message
 from shared.store.database import Database
 from shared.store.documents import (
+    DELETING,
     ORDER,
     conversation_key,
     conversations_of,
@@ -23,14 +23,25 @@ from shared.store.documents import (
     now,
     to_document,
 )
-
-DUPLICATE_KEY = 11000
-TITLE_LENGTH = 80
-"""A conversation's title until renamed: the start of its first user message, this long."""
-
+from shared.store.summaries import DUPLICATE_KEY, Group, Summaries, title_of
 
 LEGACY_KEY_INDEX = "idempotencyKey_1"
 """The index of keys shared by every user, from before keys were scoped to their owner."""
+
+
+class NotStored(Exception):
+    """Why a turn of a batch was not stored; nothing of it is left."""
+
+
+class KeyTaken(NotStored):
+    """The idempotency key belongs to an earlier turn."""
+
+
+class ConversationGone(NotStored):
+    """The conversation was deleted while the turn was being stored."""
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(f"conversation {conversation_id} was deleted")
 
 
 @dataclass(slots=True)
@@ -51,9 +62,20 @@ class Turn:
     """The user message is stored already: only a new reply to it (a sibling of an earlier one)."""
 
     @property
+    def key(self) -> str:
+        """Its conversation document's `_id`."""
+        return conversation_key(self.owner, self.reply.conversation_id)
+
+    @property
     def new_messages(self) -> tuple[Message, ...]:
         """What this turn adds to its conversation, in creation order."""
         return (self.reply,) if self.regenerate else (self.user, self.reply)
+
+    @property
+    def needs_its_conversation(self) -> bool:
+        """It adds to messages stored already (a regenerated reply, a chosen parent), so it
+        cannot start its conversation afresh."""
+        return self.regenerate or (self.user.parent_id is not None and not self.follows_latest)
 
     @classmethod
     def from_documents(cls, user: dict[str, Any], reply: dict[str, Any]) -> "Turn":
@@ -70,6 +92,7 @@ class TurnStore:
     def __init__(self, database: Database) -> None:
         self.messages = messages_of(database)
         self.conversations = conversations_of(database)
+        self.summaries = Summaries(database)
 
     async def ensure_indexes(self) -> None:
         await self.messages.create_index(
@@ -81,20 +104,44 @@ class TurnStore:
             await self.messages.drop_index(LEGACY_KEY_INDEX)
         await self.messages.create_index("createdAt", partialFilterExpression={"published": False})
 
-    async def insert_turns(self, turns: list[tuple[Turn, str | None]]) -> set[int]:
-        """Store many turns in two round trips (messages, then the conversations they add to).
+    async def insert_turns(self, turns: list[tuple[Turn, str | None]]) -> dict[int, NotStored]:
+        """Store many turns in a few round trips (their conversations read, their messages
+        inserted, their conversations' documents written); the turns not stored, by position.
 
-        Returns the positions whose key was taken.
-
-        Each turn is its user message and its reply's placeholder, ordered by creation time.
-        A key is scoped to its owner. A reused key fails only its own user message; the reply
-        stored beside it is removed again.
+        Each turn is its user message and its reply's placeholder, ordered by creation time. A
+        key is scoped to its owner; a reused key fails only its own turn (`KeyTaken`). A turn of
+        a conversation being deleted, or deleted while the turn was stored, is refused
+        (`ConversationGone`). The messages of a refused turn are removed again.
         """
-        existing = await self._find_parents([turn for turn, _ in turns])
+        refused, known = await self._follow_latest([turn for turn, _ in turns])
+        orders, taken = await self._insert(
+            [(index, *turns[index]) for index in range(len(turns)) if index not in refused]
+        )
+        if taken:
+            await self._withdraw([turns[index][0] for index in taken])
+        refused |= taken
+        stored = {index: turns[index][0] for index in orders if index not in refused}
+        groups: dict[str, Group] = {}
+        for index, turn in stored.items():
+            if index not in refused:
+                group = groups.setdefault(turn.key, _group(turn, turn.key in known))
+                group.add(turn.new_messages, orders[index])
+        gone = await self.summaries.add(groups)
+        for index, turn in stored.items():
+            if turn.key in gone and index not in refused:
+                refused[index] = ConversationGone(turn.reply.conversation_id)
+        await self._withdraw([turn for index, turn in stored.items() if index in refused])
+        return refused
+
+    async def _insert(
+        self, turns: list[tuple[int, Turn, str | None]]
+    ) -> tuple[dict[int, int], dict[int, NotStored]]:
+        """Insert the turns' messages in one round trip; the order of each turn's reply, and the
+        turns whose key was taken (their replies are stored: the caller withdraws them)."""
         documents = []
         turn_of: list[int] = []
-        orders = []
-        for index, (turn, key) in enumerate(turns):
+        orders: dict[int, int] = {}
+        for index, turn, key in turns:
             user_fields: dict[str, Any] = {"owner": turn.owner, "replyId": turn.reply.id}
             if key is not None:
                 user_fields["idempotencyKey"] = key
@@ -110,88 +157,48 @@ class TurnStore:
             if not turn.regenerate:
                 documents.append(to_document(turn.user, ORDER.tick(), user_fields))
                 turn_of.append(index)
-            orders.append(ORDER.tick())
-            documents.append(to_document(turn.reply, orders[-1], reply_fields))
+            orders[index] = ORDER.tick()
+            documents.append(to_document(turn.reply, orders[index], reply_fields))
             turn_of.append(index)
-        taken: set[int] = set()
+        if not documents:
+            return orders, {}
         try:
             await self.messages.insert_many(documents, ordered=False)
         except BulkWriteError as error:
             errors = error.details["writeErrors"]
             if any(item["code"] != DUPLICATE_KEY for item in errors):
                 raise
-            taken = {turn_of[item["index"]] for item in errors}
-            await self.messages.delete_many(
-                {"_id": {"$in": [turns[index][0].reply.id for index in taken]}}
-            )
-        stored = [
-            (turn, order)
-            for index, ((turn, _), order) in enumerate(zip(turns, orders, strict=True))
-            if index not in taken
-        ]
-        await self._summarise(stored, existing)
-        return taken
+            return orders, {turn_of[item["index"]]: KeyTaken() for item in errors}
+        return orders, {}
 
-    async def _summarise(self, stored: list[tuple[Turn, int]], existing: set[str]) -> None:
-        """Count the new messages into their conversations' documents, creating those that are new.
+    async def _withdraw(self, turns: list[Turn]) -> None:
+        """Remove what these turns stored (a regenerated reply's question stays)."""
+        if turns:
+            ids = [message.id for turn in turns for message in turn.new_messages]
+            await self.messages.delete_many({"_id": {"$in": ids}})
 
-        New conversations are inserted in one bulk insert (a burst of new conversations costs
-        about what its messages do); known ones are updated in one bulk write, each update a
-        pipeline so that concurrent batches (other API instances) only move `updatedAt` and the
-        latest message forward. A conversation another instance created meanwhile is updated.
-        """
-        groups: dict[str, _Group] = {}
-        for turn, order in stored:
-            key = conversation_key(turn.owner, turn.reply.conversation_id)
-            groups.setdefault(key, _Group(turn)).add(turn, order)
-        moment = now()
-        fresh = [key for key in groups if key not in existing]
-        known = [key for key in groups if key in existing]
-        raced, _ = await asyncio.gather(
-            self._create({key: groups[key] for key in fresh}, moment),
-            self._update({key: groups[key] for key in known}, moment),
-        )
-        await self._update({key: groups[key] for key in raced}, moment)
-
-    async def _create(self, groups: dict[str, "_Group"], moment: datetime) -> list[str]:
-        """Insert these conversations' documents; the keys that turned out to exist already."""
-        if not groups:
-            return []
-        keys = list(groups)
-        documents = [{"_id": key, **groups[key].document(moment)} for key in keys]
-        try:
-            await self.conversations.insert_many(documents, ordered=False)
-        except BulkWriteError as error:
-            errors = error.details["writeErrors"]
-            if any(item["code"] != DUPLICATE_KEY for item in errors):
-                raise
-            return [keys[item["index"]] for item in errors]
-        return []
-
-    async def _update(self, groups: dict[str, "_Group"], moment: datetime) -> None:
-        if groups:
-            updates = [
-                UpdateOne({"_id": key}, [{"$set": group.update(moment)}], upsert=True)
-                for key, group in groups.items()
-            ]
-            await self.conversations.bulk_write(updates, ordered=False)
-
-    async def _find_parents(self, turns: list[Turn]) -> set[str]:
-        """Give each turn that follows the latest message that message as its parent.
+    async def _follow_latest(self, turns: list[Turn]) -> tuple[dict[int, NotStored], set[str]]:
+        """Give each turn that follows the latest message that message as its parent, and refuse
+        those whose conversation is being deleted, or gone while they need it.
 
         The latest is the conversation document's, or the reply of an earlier turn of the same
-        batch: one read for the whole batch. Returns the keys of the conversations that exist.
+        batch: one read for the whole batch. Also returns the keys of the conversations that
+        exist (not being deleted).
         """
-        keys = list({conversation_key(turn.owner, turn.reply.conversation_id) for turn in turns})
-        cursor = self.conversations.find({"_id": {"$in": keys}}, {"lastMessageId": 1})
-        latest = {document["_id"]: document.get("lastMessageId") async for document in cursor}
-        existing = set(latest)
-        for turn in turns:
-            key = conversation_key(turn.owner, turn.reply.conversation_id)
+        keys = list({turn.key for turn in turns})
+        cursor = self.conversations.find({"_id": {"$in": keys}}, {"lastMessageId": 1, DELETING: 1})
+        found = {document["_id"]: document async for document in cursor}
+        known = {key for key, document in found.items() if DELETING not in document}
+        latest = {key: found[key].get("lastMessageId") for key in known}
+        refused: dict[int, NotStored] = {}
+        for index, turn in enumerate(turns):
+            if turn.key not in known and (turn.key in found or turn.needs_its_conversation):
+                refused[index] = ConversationGone(turn.reply.conversation_id)
+                continue
             if turn.follows_latest:
-                turn.user.parent_id = latest.get(key)
-            latest[key] = turn.reply.id
-        return existing
+                turn.user.parent_id = latest.get(turn.key)
+            latest[turn.key] = turn.reply.id
+        return refused, known
 
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})
@@ -221,55 +228,5 @@ class TurnStore:
         return turns
 
 
-@dataclass(slots=True)
-class _Group:
-    """The turns of one batch in one conversation: what they change in its document."""
-
-    first: Turn
-    count: int = 0
-    last_id: str = ""
-    last_order: int = 0
-
-    def add(self, turn: Turn, order: int) -> None:
-        self.count += len(turn.new_messages)
-        self.last_id, self.last_order = turn.reply.id, order
-
-    def document(self, moment: datetime) -> dict[str, Any]:
-        """A new conversation's document."""
-        return {
-            "owner": self.first.owner,
-            "conversationId": self.first.reply.conversation_id,
-            "title": title_of(self.first.user.message),
-            "createdAt": moment,
-            "updatedAt": moment,
-            "messageCount": self.count,
-            "lastMessageId": self.last_id,
-            "lastOrder": self.last_order,
-        }
-
-    def update(self, moment: datetime) -> dict[str, Any]:
-        """The aggregation `$set` that folds this group into an existing document (or a new one).
-
-        Text from users goes in through `$literal`, so a leading `$` is never read as a path.
-        """
-        return {
-            "owner": {"$literal": self.first.owner},
-            "conversationId": {"$literal": self.first.reply.conversation_id},
-            "title": {"$ifNull": ["$title", {"$literal": title_of(self.first.user.message)}]},
-            "createdAt": {"$ifNull": ["$createdAt", moment]},
-            "updatedAt": {"$max": ["$updatedAt", moment]},
-            "messageCount": {"$add": [{"$ifNull": ["$messageCount", 0]}, self.count]},
-            "lastMessageId": {
-                "$cond": [
-                    {"$gt": [self.last_order, {"$ifNull": ["$lastOrder", 0]}]},
-                    {"$literal": self.last_id},
-                    "$lastMessageId",
-                ]
-            },
-            "lastOrder": {"$max": ["$lastOrder", self.last_order]},
-        }
-
-
-def title_of(text: str) -> str:
-    """A conversation's title until renamed: the start of its first user message."""
-    return " ".join(text.split())[:TITLE_LENGTH]
+def _group(turn: Turn, known: bool) -> Group:
+    return Group(turn.owner, turn.reply.conversation_id, title_of(turn.user.message), known)

@@ -20,7 +20,7 @@ from shared.store.documents import (
     conversations_of,
     messages_of,
 )
-from shared.store.turns import title_of
+from shared.store.summaries import title_of
 
 log = logging.getLogger(__name__)
 
