@@ -14,15 +14,7 @@ from services.api.runtime import Runtime
 from services.api.stopping import stop_replies
 from shared.schemas import ChatRequest, Message, Status, utc_timestamp
 from shared.store.documents import new_conversation_id, new_id
-from shared.store.turns import Turn
-
-
-class ConversationBusy(Exception):
-    """`ifBusy: reject`, and a reply of the conversation is still unfinished."""
-
-    def __init__(self, reply_id: str) -> None:
-        super().__init__(f"a reply of this conversation is still being written: {reply_id}")
-        self.reply_id = reply_id
+from shared.store.turns import ConversationBusy, Turn
 
 
 def fingerprint(request: ChatRequest) -> str:
@@ -37,11 +29,13 @@ async def prepare_turn(
     """The turn `request` asks for, once its parent and the busy policy allow it.
 
     Raises 404 for an unknown parent, 422 for a parent of another conversation, and
-    `ConversationBusy` for `ifBusy: reject`; `interrupt` stops the replies in flight first.
+    `ConversationBusy` for `ifBusy: reject` (checked again once the turn is stored, for posts at
+    the same time); `interrupt` stops the replies in flight first.
     """
     conversation_id = request.conversation_id or new_conversation_id()
     turn = new_turn(owner, conversation_id, request.message, request_hash)
     turn.follows_latest = request.follows_latest
+    turn.reject_if_busy = request.if_busy == "reject"
     if request.parent_id is not None:
         parent = await runtime.conversations.locate(owner, request.parent_id)
         if parent is None:

@@ -10,7 +10,7 @@ from starlette.requests import HTTPConnection
 
 from services.api.limits import Limits
 from services.api.owner import current_owner
-from services.api.posting import ConversationBusy, fingerprint, prepare_turn
+from services.api.posting import fingerprint, prepare_turn
 from services.api.responses import (
     NOT_READY,
     PROTECTED,
@@ -32,7 +32,7 @@ from shared.schemas import (
     ErrorDetail,
     Message,
 )
-from shared.store.turns import ConversationGone, KeyTaken
+from shared.store.turns import ConversationBusy, ConversationGone, KeyTaken
 
 CONVERSATION_ID = re.compile(CONVERSATION_ID_PATTERN)
 

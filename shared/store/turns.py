@@ -5,6 +5,7 @@ until the broker confirms its job, so the outbox can publish it later if the bro
 Each batch also brings the conversation documents it touches up to date (`summaries`).
 """
 
+import asyncio
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -17,6 +18,7 @@ from shared.store.database import Database
 from shared.store.documents import (
     DELETING,
     ORDER,
+    UNFINISHED_VALUES,
     conversation_key,
     conversations_of,
     messages_of,
@@ -35,6 +37,14 @@ class NotStored(Exception):
 
 class KeyTaken(NotStored):
     """The idempotency key belongs to an earlier turn."""
+
+
+class ConversationBusy(NotStored):
+    """`ifBusy: reject`, and a reply of the conversation is unfinished (`reply_id`)."""
+
+    def __init__(self, reply_id: str) -> None:
+        super().__init__(f"a reply of this conversation is still being written: {reply_id}")
+        self.reply_id = reply_id
 
 
 class ConversationGone(NotStored):
@@ -60,6 +70,8 @@ class Turn:
     """The user message follows the conversation's latest message, found when it is stored."""
     regenerate: bool = False
     """The user message is stored already: only a new reply to it (a sibling of an earlier one)."""
+    reject_if_busy: bool = False
+    """`ifBusy: reject`: not stored behind an unfinished reply of its conversation."""
 
     @property
     def key(self) -> str:
@@ -111,7 +123,8 @@ class TurnStore:
         Each turn is its user message and its reply's placeholder, ordered by creation time. A
         key is scoped to its owner; a reused key fails only its own turn (`KeyTaken`). A turn of
         a conversation being deleted, or deleted while the turn was stored, is refused
-        (`ConversationGone`). The messages of a refused turn are removed again.
+        (`ConversationGone`), and so is an `ifBusy: reject` turn stored behind an unfinished
+        reply (`ConversationBusy`). The messages of a refused turn are removed again.
         """
         refused, known = await self._follow_latest([turn for turn, _ in turns])
         orders, taken = await self._insert(
@@ -121,6 +134,7 @@ class TurnStore:
             await self._withdraw([turns[index][0] for index in taken])
         refused |= taken
         stored = {index: turns[index][0] for index in orders if index not in refused}
+        refused |= await self._behind_unfinished(stored, orders)
         groups: dict[str, Group] = {}
         for index, turn in stored.items():
             if index not in refused:
@@ -199,6 +213,34 @@ class TurnStore:
                 turn.user.parent_id = latest.get(turn.key)
             latest[turn.key] = turn.reply.id
         return refused, known
+
+    async def _behind_unfinished(
+        self, turns: dict[int, Turn], orders: dict[int, int]
+    ) -> dict[int, NotStored]:
+        """The `ifBusy: reject` turns stored behind an unfinished reply of their conversation,
+        each refused with the earliest such reply.
+
+        Checked once stored, by creation order: of two such posts at once, the later one finds
+        the earlier and is refused, whichever instance stored which first.
+        """
+        rejecting = {index: turn for index, turn in turns.items() if turn.reject_if_busy}
+
+        async def earliest(index: int, turn: Turn) -> dict[str, Any] | None:
+            query = {
+                "owner": turn.owner,
+                "conversationId": turn.reply.conversation_id,
+                "order": {"$lt": orders[index]},
+                "from": "assistant",
+                "status": {"$in": UNFINISHED_VALUES},
+            }
+            return await self.messages.find_one(query, {"_id": 1}, sort=[("order", ASCENDING)])
+
+        found = await asyncio.gather(*(earliest(index, turn) for index, turn in rejecting.items()))
+        return {
+            index: ConversationBusy(document["_id"])
+            for index, document in zip(rejecting, found, strict=True)
+            if document is not None
+        }
 
     async def mark_published(self, reply_ids: list[str]) -> None:
         await self.messages.update_many({"_id": {"$in": reply_ids}}, {"$set": {"published": True}})

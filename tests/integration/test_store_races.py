@@ -1,10 +1,10 @@
-"""A post racing a delete, step by step.
+"""A post racing a delete, and `ifBusy: reject` posts racing each other, step by step.
 
 Each test runs the stores against a database of its own and makes the race happen at a chosen
 point: one store's MongoDB call first runs the other operation (whole, or up to a point where
 it waits), so every interleaving is exact, with no timing involved. What a user would check:
 a deleted conversation stays deleted (no document of it is left, nothing is listed) and a
-refused post leaves nothing.
+refused post leaves nothing; of two posts that refuse to wait, one is stored.
 """
 
 import asyncio
@@ -19,7 +19,7 @@ from services.api.posting import new_turn
 from shared.schemas import LOCAL_OWNER
 from shared.store.conversations import ConversationStore
 from shared.store.database import Collection, Database, Document
-from shared.store.turns import ConversationGone, NotStored, Turn, TurnStore
+from shared.store.turns import ConversationBusy, ConversationGone, NotStored, Turn, TurnStore
 from tests.helpers import leftovers, new_conversation_id
 
 Step = Callable[[], Awaitable[Any]]
@@ -76,9 +76,10 @@ def interleave(
     monkeypatch.setattr(collection, method, wrapped)
 
 
-def _turn(conversation_id: str) -> Turn:
+def _turn(conversation_id: str, reject_if_busy: bool = False) -> Turn:
     turn = new_turn(LOCAL_OWNER, conversation_id, f"hello {uuid.uuid4().hex}", None)
     turn.follows_latest = True
+    turn.reject_if_busy = reject_if_busy
     return turn
 
 
@@ -233,3 +234,55 @@ async def test_a_post_after_the_delete_starts_the_conversation_afresh(
     messages = await conversations.list_messages(LOCAL_OWNER, conversation_id)
     assert [message.id for message in messages] == [again.user.id, again.reply.id]
     assert messages[0].parent_id is None
+
+
+async def test_of_two_rejecting_posts_at_once_one_is_stored(
+    database: Database,
+    turns: TurnStore,
+    conversations: ConversationStore,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two instances store an `ifBusy: reject` post each to an idle conversation, both
+    messages in before either checks: the one created first is stored, the other refused with
+    its reply, as if it had come a moment later."""
+    conversation_id = new_conversation_id()
+    await _existing(turns, conversation_id)
+    await _finish_replies(database, conversation_id)
+    other = TurnStore(database)
+    both_in = asyncio.Barrier(2)
+    for store in (turns, other):
+        interleave(monkeypatch, store.messages, "insert_many", after=both_in.wait)
+    first, second = _turn(conversation_id, reject_if_busy=True), _turn(conversation_id, True)
+
+    refused = await asyncio.gather(_post(turns, first), _post(other, second))
+
+    assert refused[0] == {}
+    busy = refused[1].get(0)
+    assert isinstance(busy, ConversationBusy) and busy.reply_id == first.reply.id
+    messages = await conversations.list_messages(LOCAL_OWNER, conversation_id)
+    assert [message.id for message in messages][-2:] == [first.user.id, first.reply.id]
+    conversation = await conversations.get_conversation(LOCAL_OWNER, conversation_id)
+    assert conversation is not None and conversation.message_count == len(messages) == 4
+
+
+async def test_a_rejecting_post_behind_one_of_its_own_batch_is_refused(
+    database: Database, turns: TurnStore, conversations: ConversationStore
+) -> None:
+    conversation_id = new_conversation_id()
+    queued, rejecting = _turn(conversation_id), _turn(conversation_id, reject_if_busy=True)
+
+    refused = await _post(turns, queued, rejecting)
+
+    assert list(refused) == [1]
+    busy = refused[1]
+    assert isinstance(busy, ConversationBusy) and busy.reply_id == queued.reply.id
+    messages = await conversations.list_messages(LOCAL_OWNER, conversation_id)
+    assert [message.id for message in messages] == [queued.user.id, queued.reply.id]
+
+
+async def _finish_replies(database: Database, conversation_id: str) -> None:
+    """As a responder would: every reply of the conversation written."""
+    await database["messages"].update_many(
+        {"conversationId": conversation_id, "from": "assistant"},
+        {"$set": {"status": "completed"}},
+    )

@@ -1,5 +1,6 @@
 """Messages form a tree: parentId, branches and their context, regenerate, and ifBusy."""
 
+import asyncio
 import itertools
 from typing import Any
 
@@ -250,6 +251,31 @@ async def test_if_busy_reject_is_409_with_the_busy_reply_and_stores_nothing(
     await api.finished(conversation_id, idle.message_id)
 
 
+async def test_two_rejecting_posts_at_once_store_one(api: ApiClient) -> None:
+    """Both find the conversation idle before storing; once stored, the later one finds the
+    earlier one's reply unfinished and is refused with it."""
+    conversation_id = new_conversation_id()
+    await api.ask(prompt("idle", tokens=TOKENS), conversation_id)
+    bodies = [
+        {
+            "message": prompt("at once", tokens=400, delay_ms=20),
+            "conversationId": conversation_id,
+            "ifBusy": "reject",
+        }
+        for _ in range(2)
+    ]
+
+    answers = await asyncio.gather(*(api.http.post("/chat", json=body) for body in bodies))
+
+    assert sorted(answer.status_code for answer in answers) == [202, 409]
+    (accepted,) = [answer.json() for answer in answers if answer.status_code == 202]
+    (refused,) = [answer.json() for answer in answers if answer.status_code == 409]
+    assert refused["messageId"] == accepted["messageId"]
+    assert len((await api.conversation(conversation_id)).messages) == 4
+    stop = f"/conversations/{conversation_id}/messages/{accepted['messageId']}/stop"
+    assert (await api.http.post(stop)).status_code == 200
+
+
 async def test_if_busy_enqueue_answers_after_the_busy_reply(
     api: ApiClient, mock: MockClient
 ) -> None:
@@ -284,3 +310,32 @@ async def test_if_busy_interrupt_stops_the_busy_reply_keeps_its_text_then_answer
     assert answered.status == Status.COMPLETED
     (context,) = await _context(mock, text)
     assert context[-2:] == [("assistant", stopped.message), ("user", text)]
+
+
+async def test_if_busy_interrupt_also_stops_the_reply_queued_behind(
+    api: ApiClient, mock: MockClient
+) -> None:
+    """A reply streams and another waits its turn behind it: interrupting stops both (the
+    streaming one keeps its text, the queued one never reaches the model) and the new one runs."""
+    conversation_id = new_conversation_id()
+    busy = await _streaming(api, conversation_id)
+    queued_text = prompt("queued", tokens=TOKENS)
+    queued = await _post(api, {"message": queued_text, "conversationId": conversation_id})
+    waiting = await api.message(conversation_id, queued.message_id)
+    assert waiting.status == Status.CREATED, "precondition: queued behind the streaming reply"
+    text = prompt("interrupting both", tokens=TOKENS)
+
+    accepted = await _post(
+        api, {"message": text, "conversationId": conversation_id, "ifBusy": "interrupt"}
+    )
+
+    stopped = await api.finished(conversation_id, busy.message_id)
+    assert (stopped.status, stopped.stopped) == (Status.COMPLETED, True)
+    assert stopped.message and stopped.seq < 400
+    dropped = await api.finished(conversation_id, queued.message_id)
+    assert (dropped.status, dropped.stopped, dropped.message) == (Status.COMPLETED, True, "")
+    answered = await api.finished(conversation_id, accepted.message_id)
+    assert (answered.status, answered.message) == (Status.COMPLETED, expected_reply(text, TOKENS))
+    assert await mock.requests(queued_text) == []
+    (context,) = await _context(mock, text)
+    assert context[-1] == ("user", text)
