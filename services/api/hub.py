@@ -10,18 +10,22 @@ A subscriber holds only a bounded queue of frames:
 
 A subscriber that falls more than `capacity` frames behind is dropped: its `overflowed` is set
 and its frames end, so one slow client never holds the others back nor grows the server.
-The hub also checks that it still hears the fanout (`services.api.hearing`), for readiness.
+The hub also checks that it still hears the fanout (`services.api.hearing`), for readiness, and
+keeps its listener running: one that ends (its queue deleted, an error) or goes deaf is replaced
+by a new one on the queue declared and bound anew, which first catches up on what it missed.
 """
 
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage, AbstractQueue
 
+from services.api.consumer import consumer_tag, on_broker_cancel
 from services.api.hearing import Hearing
 from services.api.live import LiveReplies, StoredMessages, Version, version_of
 from services.api.metrics import RELAY_BATCHES, RELAY_LAG
@@ -38,6 +42,10 @@ Frame = tuple[str, Version, str]
 LAST_FRAME = ""
 """The message id of a frame after which the server closes the stream (`Subscriber.close_code`)."""
 NORMAL_CLOSURE = 1000
+RESTART_DELAYS = (0.5, 10.0)
+"""A listener that ended is replaced after the first delay, doubled while replacements fail
+or end quickly, up to the second; one that ran longer than that starts the count again."""
+CANCEL_TIMEOUT_SECONDS = 2.0
 
 
 def encode(event: dict[str, Any]) -> str:
@@ -109,14 +117,14 @@ class Hub:
         self.hearing = Hearing(deaf_after)
         self._subscribers: dict[ConversationKey, set[Subscriber]] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._listening = False
 
     @contextlib.asynccontextmanager
     async def running(self, queue: AbstractQueue, fanout: AbstractExchange) -> AsyncIterator[None]:
         """Listen to `queue`, bound to the `fanout` exchange, for the block, checking that it
         keeps hearing; then stop listening and repairing."""
         try:
-            async with background(self._listen(queue), self._keep_hearing(queue, fanout)) as tasks:
-                self._listener = tasks[0]
+            async with background(self._supervise(queue, fanout), self._keep_hearing(fanout)):
                 yield
         finally:
             await self.close()
@@ -124,8 +132,7 @@ class Hub:
     @property
     def hears(self) -> bool:
         """The fanout consumer runs and the last probe came back in time: ready to relay."""
-        listening = self._listener is not None and not self._listener.done()
-        return listening and not self.hearing.deaf
+        return self._listening and not self.hearing.deaf
 
     async def close(self) -> None:
         await self.replies.close()
@@ -173,8 +180,8 @@ class Hub:
         self.hearing.forget_probe()
         self.replies.resynchronise()
 
-    async def _keep_hearing(self, queue: AbstractQueue, fanout: AbstractExchange) -> None:
-        """Probe a silent fanout; if even the probe goes unheard, bind the queue to it anew.
+    async def _keep_hearing(self, fanout: AbstractExchange) -> None:
+        """Probe a silent fanout; if even the probe goes unheard, replace the listener.
 
         Readiness fails first (`hears`), so clients go elsewhere while the hub re-subscribes.
         """
@@ -183,32 +190,86 @@ class Hub:
             await asyncio.sleep(hearing.probe_interval)
             try:
                 if hearing.deaf_for_long:
-                    log.warning("the relay hears nothing, not even its probe: binding it anew")
-                    await fanout.declare()
-                    await queue.bind(fanout)
-                    self.resynchronise()
+                    if self._listening and self._listener is not None:
+                        log.warning("the relay hears nothing, not even its probe: listening anew")
+                        self._listener.cancel()
                 elif hearing.should_probe():
                     hearing.probed()  # before publishing: the echo may come back at once
                     await broker.publish_events(fanout, encode_batch([]))
             except Exception as error:
                 log.warning("checking that the relay hears the fanout failed: %s", error)
 
-    async def _listen(self, queue: AbstractQueue) -> None:
-        async with queue.iterator(no_ack=True) as deliveries:
-            async for delivery in deliveries:
-                self.hearing.heard()
-                RELAY_BATCHES.inc()
-                lag = publish_lag(delivery)
-                if lag is not None:
-                    RELAY_LAG.observe(lag)
+    async def _supervise(self, queue: AbstractQueue, fanout: AbstractExchange) -> None:
+        """Keep a listener on `queue`: whenever one ends, bind the queue anew and start another.
+
+        A listener ends when the broker cancels its consumer (its queue was deleted), when it
+        stays deaf (`_keep_hearing` cancels it), or on an error; the next one catches up on the
+        replies that moved on meanwhile.
+        """
+        first, longest = RESTART_DELAYS
+        delay = first
+        catch_up = False
+        while True:
+            started = time.monotonic()
+            self._listener = asyncio.create_task(self._listen(queue, catch_up))
+            (outcome,) = await asyncio.gather(self._listener, return_exceptions=True)
+            if isinstance(outcome, Exception):
+                log.error("the relay's listener failed: %r; listening anew", outcome)
+            if time.monotonic() - started > longest:
+                delay = first
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, longest)
                 try:
-                    events = decode_batch(delivery.body)
-                except ValueError as error:
-                    log.error("dropping an undecodable event batch: %s", error)
-                    continue
-                for event in events:
-                    self.receive(event)
-                self.replies.expire_finished()
+                    async with asyncio.timeout(broker.CONFIRM_TIMEOUT_SECONDS):
+                        await fanout.declare()
+                        await queue.declare()
+                        await queue.bind(fanout)
+                    break
+                except Exception as error:
+                    log.warning("binding the relay's queue anew failed: %r", error)
+            catch_up = True
+
+    async def _listen(self, queue: AbstractQueue, catch_up: bool) -> None:
+        """Apply what the queue brings, until the broker cancels its consumer or this task is
+        cancelled; with `catch_up`, first repair what a previous listener missed."""
+        listener = asyncio.current_task()
+        assert listener is not None
+        async with queue.iterator(no_ack=True) as deliveries:
+            tag = consumer_tag(deliveries)
+            try:
+                async with on_broker_cancel(queue, tag, lambda: self._cancelled(listener)):
+                    self._listening = True
+                    if catch_up:
+                        self.resynchronise()
+                    async for delivery in deliveries:
+                        self._deliver(delivery)
+            finally:
+                self._listening = False
+                # The iterator skips this on a closed channel, and aio-pika would restore the
+                # consumer on reconnection: a second consumer feeding nobody, taking turns.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(CANCEL_TIMEOUT_SECONDS):
+                        await queue.cancel(tag)
+
+    def _cancelled(self, listener: asyncio.Task[None]) -> None:
+        log.warning("the broker cancelled the relay's consumer (queue deleted?): listening anew")
+        listener.cancel()
+
+    def _deliver(self, delivery: AbstractIncomingMessage) -> None:
+        self.hearing.heard()
+        RELAY_BATCHES.inc()
+        lag = publish_lag(delivery)
+        if lag is not None:
+            RELAY_LAG.observe(lag)
+        try:
+            events = decode_batch(delivery.body)
+        except ValueError as error:
+            log.error("dropping an undecodable event batch: %s", error)
+            return
+        for event in events:
+            self.receive(event)
+        self.replies.expire_finished()
 
     def _send(self, message: dict[str, Any], version: Version, event: dict[str, Any]) -> None:
         key = key_of(message)

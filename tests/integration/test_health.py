@@ -1,5 +1,8 @@
 """Liveness and readiness: following MongoDB going away and coming back, and a deaf relay."""
 
+import asyncio
+import contextlib
+import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,12 +17,21 @@ from devstack.stack import Stack, start_secantus
 from shared.broker import EVENTS_EXCHANGE
 from shared.schemas import Status
 from tests.clients import Subscriber
-from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
+from tests.helpers import (
+    ApiClient,
+    eventually,
+    expected_reply,
+    new_conversation_id,
+    prompt,
+    rabbitmq_table,
+)
 from tests.infra import rabbitmq, secantus_available, service_env
 
 OUTAGE_TIMEOUT = 30.0
 DEAF_SECONDS = 2.0
 """RELAY_DEAF_SECONDS of the deaf-relay test's API: probes after 1 s of silence."""
+LOST_QUEUE_DEAF_SECONDS = 600.0
+LOST_QUEUE_TOKENS = 300
 
 
 async def test_healthz_and_readyz_answer_200_while_dependencies_are_up(
@@ -92,22 +104,41 @@ class DeafRelay:
 
     api_url: str
     broker_url: str
+    vhost: str
+    api_log: Path
+
+
+@contextlib.contextmanager
+def relay_stack(
+    name: str, log_dir: Path, mongodb_url: str, model_url: str, deaf_seconds: float
+) -> Iterator[DeafRelay]:
+    with rabbitmq(f"chat-test-{name}") as broker:
+        if broker.vhost is None:
+            pytest.skip("breaking the fanout needs a virtual host of its own")
+        env = service_env(mongodb_url, broker, model_url)
+        stack = Stack(env=env, log_dir=log_dir / name)
+        try:
+            api, api_url = stack.start_api(name=f"{name}-api", RELAY_DEAF_SECONDS=str(deaf_seconds))
+            stack.start_responder(name=f"{name}-responder")
+            yield DeafRelay(api_url, broker.url, broker.vhost, api.log_path)
+        finally:
+            stack.stop()
 
 
 @pytest.fixture
 def deaf_relay(log_dir: Path, mongodb_url: str, model_url: str) -> Iterator[DeafRelay]:
-    own_logs = log_dir / "deaf-relay"
-    with rabbitmq("chat-test-deaf") as broker:
-        if broker.vhost is None:
-            pytest.skip("deleting the fanout exchange needs a virtual host of its own")
-        env = service_env(mongodb_url, broker, model_url)
-        stack = Stack(env=env, log_dir=own_logs)
-        try:
-            _, api_url = stack.start_api(name="deaf-api", RELAY_DEAF_SECONDS=str(DEAF_SECONDS))
-            stack.start_responder(name="deaf-responder")
-            yield DeafRelay(api_url, broker.url)
-        finally:
-            stack.stop()
+    with relay_stack("deaf", log_dir, mongodb_url, model_url, DEAF_SECONDS) as relay:
+        yield relay
+
+
+@pytest.fixture
+def lost_queue(log_dir: Path, mongodb_url: str, model_url: str) -> Iterator[DeafRelay]:
+    """An API whose probe would take ten minutes to find it deaf: only noticing the lost
+    consumer itself can bring it back within a test's deadline."""
+    with relay_stack(
+        "lost-queue", log_dir, mongodb_url, model_url, LOST_QUEUE_DEAF_SECONDS
+    ) as relay:
+        yield relay
 
 
 async def delete_exchange(broker_url: str, name: str) -> None:
@@ -141,3 +172,105 @@ async def test_readyz_fails_while_the_relay_is_deaf_and_recovers(deaf_relay: Dea
             reply = await subscriber.until_finished(accepted.message_id)
         assert reply.status == Status.COMPLETED
         assert reply.message == expected_reply(text, 5), "the relay hears live events again"
+
+
+def rabbitmqctl(*args: str) -> str:
+    return subprocess.run(
+        ["rabbitmqctl", "-q", *args], check=True, capture_output=True, text=True, timeout=30
+    ).stdout
+
+
+def relay_queue(vhost: str) -> str:
+    """The API's own fanout queue: the one queue bound to the events exchange."""
+    bindings = rabbitmq_table(vhost, "list_bindings", "source_name", "destination_name")
+    (queue,) = {
+        str(row["destination_name"]) for row in bindings if row["source_name"] == EVENTS_EXCHANGE
+    }
+    return queue
+
+
+def delete_relay_queue(vhost: str) -> None:
+    """What an operator's slip in the management UI does: the API's own fanout queue deleted
+    (only the broker's CLI may: the queue is exclusive to the API's connection)."""
+    rabbitmqctl("delete_queue", "-p", vhost, relay_queue(vhost))
+
+
+def cut_off(vhost: str) -> None:
+    """Drop every connection to the virtual host and refuse new ones (until `let_in`)."""
+    rabbitmqctl("clear_permissions", "-p", vhost, "guest")
+    for line in rabbitmqctl("list_connections", "pid", "vhost").splitlines():
+        pid, connected_to = line.split("\t")
+        if connected_to == vhost:
+            rabbitmqctl("close_connection", pid, "cut off by the test")
+
+
+def let_in(vhost: str) -> None:
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+
+
+async def test_readyz_fails_when_the_relay_loses_its_queue_and_recovers(
+    lost_queue: DeafRelay,
+) -> None:
+    """The fanout queue deleted under a streaming reply: the relay is unready until it listens
+    on the queue declared anew, and its subscriber still gets the reply's exact text."""
+    async with httpx.AsyncClient(base_url=lost_queue.api_url, timeout=10.0) as http:
+        api = ApiClient(http)
+
+        async def readiness(expected: int) -> bool:
+            return (await http.get("/readyz")).status_code == expected
+
+        conversation_id = new_conversation_id()
+        text = prompt("queue lost", tokens=LOST_QUEUE_TOKENS, delay_ms=20)
+        async with Subscriber.open(api.ws_url, conversation_id) as subscriber:
+            accepted = await api.post_chat(text, conversation_id)
+            await subscriber.until_words(accepted.message_id, 3)
+            await asyncio.to_thread(delete_relay_queue, lost_queue.vhost)
+            await eventually(
+                lambda: readiness(503), OUTAGE_TIMEOUT, interval=0.02, what="/readyz 503, no queue"
+            )
+            await eventually(lambda: readiness(200), OUTAGE_TIMEOUT, what="/readyz 200 again")
+            reply = await subscriber.until_finished(accepted.message_id, OUTAGE_TIMEOUT)
+        assert reply.status == Status.COMPLETED
+        assert reply.message == expected_reply(text, LOST_QUEUE_TOKENS)
+
+        after = prompt("heard after the queue came back", tokens=5, delay_ms=5)
+        async with Subscriber.open(api.ws_url, conversation_id) as subscriber:
+            accepted = await api.post_chat(after, conversation_id)
+            reply = await subscriber.until_finished(accepted.message_id)
+        assert reply.message == expected_reply(after, 5), "the relay hears live events again"
+
+
+async def test_a_relay_cut_off_for_long_listens_again_with_one_consumer(
+    deaf_relay: DeafRelay,
+) -> None:
+    """Away from the broker for longer than RELAY_DEAF_SECONDS, the relay replaces its listener
+    while the connection is down; once back, its queue has one consumer, not the old one too
+    (which would take every other batch and feed nobody), and replies reach subscribers whole."""
+    vhost = deaf_relay.vhost
+    async with httpx.AsyncClient(base_url=deaf_relay.api_url, timeout=10.0) as http:
+        api = ApiClient(http)
+
+        async def readiness(expected: int) -> bool:
+            return (await http.get("/readyz")).status_code == expected
+
+        def replaced_while_away() -> bool:
+            return "listening anew" in deaf_relay.api_log.read_text()
+
+        await eventually(lambda: readiness(200), OUTAGE_TIMEOUT, what="/readyz 200 at first")
+        await asyncio.to_thread(cut_off, vhost)
+        try:
+            await eventually(lambda: readiness(503), OUTAGE_TIMEOUT, what="/readyz 503, cut off")
+            await eventually(replaced_while_away, OUTAGE_TIMEOUT, what="the listener replaced")
+        finally:
+            await asyncio.to_thread(let_in, vhost)
+        await eventually(lambda: readiness(200), OUTAGE_TIMEOUT, what="/readyz 200 again")
+        queue = await asyncio.to_thread(relay_queue, vhost)
+        queues = await asyncio.to_thread(rabbitmq_table, vhost, "list_queues", "name", "consumers")
+        assert [int(row["consumers"]) for row in queues if row["name"] == queue] == [1], queues
+
+        conversation_id = new_conversation_id()
+        text = prompt("after the cut", tokens=40, delay_ms=5)
+        async with Subscriber.open(api.ws_url, conversation_id) as subscriber:
+            accepted = await api.post_chat(text, conversation_id)
+            reply = await subscriber.until_finished(accepted.message_id)
+        assert reply.message == expected_reply(text, 40), "every batch reaches the relay"
