@@ -2,7 +2,8 @@
 //
 // The API guarantees that the snapshot plus the events after it rebuild every message exactly
 // (deltas continue from the snapshot's `seq`, rising by 1). So a reconnection needs no
-// re-fetching: the fresh snapshot replaces everything, and the deltas carry on from it. A delta
+// re-fetching: the fresh snapshot replaces everything (except a reply this page already shows
+// further along, see `kept`), and the deltas carry on from it. A delta
 // whose `seq` is already applied is skipped; one that skips ahead means something was missed,
 // and the only sound repair is a new snapshot: the socket is reopened.
 
@@ -82,7 +83,7 @@ export class ConversationStream {
   apply(frame) {
     switch (frame.type) {
       case "snapshot":
-        this.messages = new Map(frame.messages.map((m) => [m.id, m]));
+        this.messages = new Map(frame.messages.map((m) => [m.id, this.kept(m)]));
         this.retries = 0;
         this.handlers.onState("live");
         this.handlers.onChange(this);
@@ -97,7 +98,7 @@ export class ConversationStream {
       case "message.updated":
       case "message.completed":
       case "message.failed":
-        this.messages.set(frame.message.id, frame.message);
+        this.messages.set(frame.message.id, this.kept(frame.message));
         this.handlers.onChange(this);
         return;
       case "conversation.deleted":
@@ -109,6 +110,21 @@ export class ConversationStream {
         // An event type this page does not know yet: nothing to rebuild from it.
         return;
     }
+  }
+
+  // What to show of `incoming`: it, unless this page is further along the same attempt. An API
+  // instance that started after a reply began knows it only as far as MongoDB has it (written
+  // about once a second), so its snapshot can be behind what this page showed; the text would
+  // shrink, then grow back. The deltas that follow carry on past it, and those already shown
+  // are skipped by their `seq`.
+  kept(incoming) {
+    const current = this.messages.get(incoming.id);
+    const behind =
+      current &&
+      incoming.status === "streaming" &&
+      current.attempt === incoming.attempt &&
+      current.seq > incoming.seq;
+    return behind ? current : incoming;
   }
 
   applyDelta(frame) {
