@@ -113,6 +113,16 @@ class RabbitCluster:
             self.ctl(node, "start_app")
         self.ctl(first, "await_online_nodes", str(len(self.nodes)))
 
+    def start_stopped(self) -> None:
+        """Boot again the nodes stopped earlier; each rejoins the cluster its data names."""
+        stopped = [node for node in self.nodes if node not in self.running()]
+        for node in stopped:
+            self._boot(node)
+        for node in stopped:
+            self._wait(node)
+        if stopped:
+            self.ctl(stopped[0], "await_online_nodes", str(len(self.nodes)))
+
     def _boot(self, node: Node) -> None:
         node.base.mkdir(parents=True, exist_ok=True)
         log = (node.base / "console.log").open("ab")
