@@ -19,6 +19,7 @@ from tests.faults.clients import clients, readiness_is
 from tests.faults.stack import FaultStack, stack_fixture
 from tests.faults.trial import Trial, fault_trial
 from tests.helpers import ApiClient, eventually, expected_reply, prompt
+from tests.metrics import scrape, value
 
 pytestmark = pytest.mark.faults
 
@@ -41,6 +42,11 @@ async def stored_progress(api: ApiClient, turn: ChatAccepted) -> int:
     """The reply's stored seq, or one more than any seq once it is completed."""
     reply = await api.message(turn.conversation_id, turn.message_id)
     return TOKENS + 1 if reply.status == Status.COMPLETED else reply.seq
+
+
+async def outbox_is(api: ApiClient, replies: int) -> bool:
+    """Whether the API's chat_outbox_replies gauge says `replies` wait for their job."""
+    return value(await scrape(f"{api.base_url}/metrics"), "chat_outbox_replies") == replies
 
 
 def reconnect_failures(process: Process) -> int:
@@ -198,7 +204,13 @@ async def test_post_while_the_broker_is_down_is_stored_and_answered_later(
             ], stored
             assert stored.messages[1].id == reply_id
             await trial.subscribe()
+            await eventually(
+                lambda: outbox_is(api, 1), RECOVERY_TIMEOUT, 0.5, "the outbox gauge to say 1"
+            )
         await readiness_is([api], 200, RECOVERY_TIMEOUT)
+        await eventually(
+            lambda: outbox_is(api, 0), RECOVERY_TIMEOUT, 0.5, "the outbox gauge back to 0"
+        )
         trial.expect(whole_reply(reply_id, text, 20))
         tally.notes.append(f"POST /chat answered in {post_seconds:.1f}s with the broker down")
     problems = trial.problems

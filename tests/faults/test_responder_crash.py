@@ -21,6 +21,7 @@ from tests.faults.stack import FaultStack, stack_fixture
 from tests.faults.subscribers import LiveSubscriber
 from tests.faults.trial import fault_trial
 from tests.helpers import eventually, expected_reply, prompt
+from tests.metrics import Samples, grown, responder_metrics, scrape
 
 pytestmark = pytest.mark.faults
 
@@ -47,6 +48,16 @@ async def keep_responders(stack: FaultStack, count: int) -> None:
         await asyncio.to_thread(stack.start_responder)
 
 
+async def responder_samples(stack: FaultStack) -> dict[str, Samples]:
+    """Each live responder's metrics, by where it serves them."""
+    return {url: await scrape(url) for url in responder_metrics(stack.live_responders())}
+
+
+def survivors_grown(before: dict[str, Samples], after: dict[str, Samples], name: str) -> float:
+    """How much a counter rose on the responders alive now (a killed one's count is gone)."""
+    return sum(grown(before.get(url, {}), samples, name) for url, samples in after.items())
+
+
 async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
     stack: FaultStack, results: ResultBook
 ) -> None:
@@ -55,6 +66,7 @@ async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
     async with results.fault("responder SIGKILL mid-reply (2 responders)") as tally:
         for trial_number in range(TRIALS):
             await keep_responders(stack, 2)
+            before = await responder_samples(stack)
             async with fault_trial(stack, tally) as trial:
                 early = trial.subscriber
                 text = prompt(f"crash-{trial_number}", tokens=TOKENS, delay_ms=DELAY_MS)
@@ -84,6 +96,13 @@ async def test_killed_responders_reply_restarts_from_seq_0_and_completes(
                 )
             if stored.message == expected_reply(text, TOKENS, attempt=0):
                 problems.append(f"trial {trial_number}: the reply kept the killed attempt's text")
+            after = await responder_samples(stack)
+            counted = {
+                name: survivors_grown(before, after, name)
+                for name in ("chat_job_redeliveries_total", "chat_lease_takeovers_total")
+            }
+            if counted != {"chat_job_redeliveries_total": 1, "chat_lease_takeovers_total": 1}:
+                problems.append(f"trial {trial_number}: the survivors' metrics moved by {counted}")
     assert not problems, "\n".join(problems)
 
 

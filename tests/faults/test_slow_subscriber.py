@@ -29,6 +29,7 @@ from tests.faults.stack import FaultStack, stack_fixture
 from tests.faults.subscribers import LiveSubscriber
 from tests.faults.trial import fault_trial
 from tests.helpers import eventually, new_conversation_id, prompt
+from tests.metrics import grown, scrape
 
 pytestmark = pytest.mark.faults
 
@@ -147,6 +148,8 @@ class Flood:
     slow_error: str | None
     slow_finished: bool
     held_after_overflow: bool
+    dropped: float
+    """How much the API's count of subscribers dropped as slow rose."""
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +161,7 @@ async def flood(stack: FaultStack, results: ResultBook) -> Flood:
     conversation_id = f"slow-{uuid.uuid4().hex}{uuid.uuid4().hex}"[:64]  # big frames
     text = prompt("flood", tokens=TOKENS, delay_ms=DELAY_MS)
     stalled = StalledClient(f"{ws_url}/conversations/{conversation_id}/stream", port)
+    before = await scrape(f"{api_url}/metrics")
     async with results.fault(
         f"WebSocket client that never reads (SUBSCRIBER_BUFFER={BUFFER})"
     ) as tally:
@@ -188,6 +192,9 @@ async def flood(stack: FaultStack, results: ResultBook) -> Flood:
         except AssertionError as failure:
             error = str(failure)
         close_code = stalled.protocol.close_code
+        dropped = grown(
+            before, await scrape(f"{api_url}/metrics"), "chat_subscribers_dropped_total"
+        )
         tally.notes.append(
             f"reader got {reader.frames} frames; the stalled client {len(stalled.frames)} "
             f"then close {close_code} ({stalled.ending}); the server still held its connection "
@@ -202,6 +209,7 @@ async def flood(stack: FaultStack, results: ResultBook) -> Flood:
         error,
         rebuilt.is_finished(accepted.message_id),
         held,
+        dropped,
     )
 
 
@@ -226,6 +234,11 @@ async def test_stalled_client_is_disconnected(flood: Flood) -> None:
     """
     assert flood.slow_close_code in (TRY_AGAIN_LATER, CloseCode.ABNORMAL_CLOSURE)
     assert flood.slow_ending in ("close frame", "end of stream"), flood.slow_ending
+
+
+async def test_the_dropped_subscriber_is_counted(flood: Flood) -> None:
+    """An operator sees it: chat_subscribers_dropped_total rose by the one stalled client."""
+    assert flood.dropped == 1
 
 
 @pytest.mark.xfail(

@@ -18,6 +18,7 @@ from tests.faults.clients import MockProbe, clients, unique
 from tests.faults.stack import FaultStack, stack_fixture
 from tests.faults.trial import fault_trial
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
+from tests.metrics import grown, responder_metrics, summed
 
 pytestmark = pytest.mark.faults
 
@@ -61,10 +62,14 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
     holders: set[str] = set()
     problems: list[str] = []
     sent_counts: list[int] = []
+    metrics = responder_metrics(stack.live_responders())
+    before = await summed(metrics)
+    trials = 0
     async with results.fault("stop mid-stream (2 responders)") as tally:
         for trial_number in range(MAX_TRIALS):
             if trial_number >= 4 and len(holders) == 2:
                 break
+            trials += 1
             async with fault_trial(stack, tally) as trial:
                 text = prompt(f"stop-{trial_number}", tokens=TOKENS, delay_ms=DELAY_MS)
                 full = expected_reply(text, TOKENS)
@@ -98,6 +103,9 @@ async def test_stop_mid_stream_keeps_the_text_on_either_responder(
         )
     assert not problems, "\n".join(problems)
     assert len(holders) == 2, f"only {holders} wrote the stopped replies; both should have"
+    after = await summed(metrics)
+    assert grown(before, after, "chat_replies_total", status="stopped") == trials
+    assert grown(before, after, "chat_replies_total", status="completed") == 0
 
 
 async def test_stopping_a_finished_or_unknown_reply(stack: FaultStack) -> None:

@@ -21,6 +21,7 @@ from shared.store.database import Database
 from tests.clients import Subscriber
 from tests.helpers import ApiClient, eventually, new_conversation_id, prompt
 from tests.infra import Deployment
+from tests.metrics import Samples, api_metrics, grown, summed
 from tests.tokens import (
     ACTIVE_REPLIES,
     ALLOWED_ORIGIN,
@@ -33,6 +34,7 @@ from tests.tokens import (
 
 FIFTY_MB = 50 * 1024 * 1024
 CHUNK = 64 * 1024
+REFUSED = "chat_limits_refused_total"
 
 
 def bearer(sub: str) -> dict[str, str]:
@@ -133,6 +135,11 @@ async def stop(api: ApiClient, reply: ChatAccepted) -> None:
     assert (await api.http.post(path)).status_code == 200
 
 
+async def refusals(stack: Deployment) -> Samples:
+    """Both instances' metrics added up, as an operator's dashboard sums them."""
+    return await summed(api_metrics(stack.api_urls))
+
+
 async def minute_passes(database: Database, user: str) -> None:
     """What a minute would do to the user's rate window, at once: it empties."""
     await database["rate_limits"].delete_one({"_id": user})
@@ -160,12 +167,16 @@ async def test_the_rate_limit_holds_across_two_instances(
     instances = [client(url, user) for url in auth_stack.api_urls]
     await use_up_the_rate(instances, RATE_LIMIT)
     stored = await auth_database["messages"].count_documents({"owner": user})
+    before = await refusals(auth_stack)
     async with watching(auth_stack.api_urls[0], user, conversation_id) as subscriber:
         for api in instances:
             refused = await post(api, prompt("over the rate"), conversation_id)
             assert refused.status_code == 429, refused.text
             assert 1 <= int(refused.headers["retry-after"]) <= 60
         assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        after = await refusals(auth_stack)
+        assert grown(before, after, REFUSED, limit="rate") == len(instances)
+        assert grown(before, after, REFUSED, limit="active_replies") == 0
         await minute_passes(auth_database, user)
         accepted = [
             await api.post_chat(prompt("in time", tokens=1), conversation_id) for api in instances
@@ -182,6 +193,7 @@ async def test_active_replies_are_capped_across_two_instances(
     instances = [client(url, user) for url in auth_stack.api_urls]
     slow = await slow_replies(instances)
     stored = await auth_database["messages"].count_documents({"owner": user})
+    before = await refusals(auth_stack)
     async with watching(auth_stack.api_urls[1], user, conversation_id) as subscriber:
         for api in instances:
             refused = await post(api, prompt("one too many"), conversation_id)
@@ -189,6 +201,9 @@ async def test_active_replies_are_capped_across_two_instances(
             assert "still being written" in refused.json()["detail"]
             assert refused.headers["retry-after"] == str(ACTIVE_REPLIES_RETRY_AFTER_SECONDS)
         assert await auth_database["messages"].count_documents({"owner": user}) == stored
+        after = await refusals(auth_stack)
+        assert grown(before, after, REFUSED, limit="active_replies") == len(instances)
+        assert grown(before, after, REFUSED, limit="rate") == 0
         accepted = []
         for api, finished in zip(instances, slow, strict=True):
             await stop(instances[1], finished)
@@ -250,6 +265,7 @@ def ws(url: str, conversation_id: str) -> str:
 async def test_websockets_per_user_are_capped_across_two_instances(auth_stack: Deployment) -> None:
     user = new_user()
     urls = auth_stack.api_urls
+    before = await refusals(auth_stack)
     async with contextlib.AsyncExitStack() as held:
         for index in range(WEBSOCKETS):
             websocket = await held.enter_async_context(
@@ -263,6 +279,8 @@ async def test_websockets_per_user_are_capped_across_two_instances(auth_stack: D
                 with pytest.raises(ConnectionClosed) as closed:
                     await asyncio.wait_for(over.recv(), 10)
                 assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        after = await refusals(auth_stack)
+        assert grown(before, after, REFUSED, limit="websockets") == len(urls)
         async with connect(
             ws(urls[1], new_conversation_id()), additional_headers=bearer(new_user())
         ) as other:

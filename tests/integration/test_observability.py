@@ -13,7 +13,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 from websockets.asyncio.client import connect
 
 from devstack.processes import Process
@@ -21,6 +20,7 @@ from devstack.stack import Stack
 from tests.clients import Subscriber
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 from tests.infra import rabbitmq, service_env
+from tests.metrics import Samples, scrape, value
 
 SECRET = "s3cret-token-value"
 TOKENS = 8
@@ -68,26 +68,6 @@ async def json_api(observed: Observed) -> AsyncIterator[ApiClient]:
 async def text_api(observed: Observed) -> AsyncIterator[ApiClient]:
     async with httpx.AsyncClient(base_url=observed.text_api, timeout=10.0) as http:
         yield ApiClient(http)
-
-
-async def scrape(url: str) -> "Samples":
-    """Every sample of a /metrics page, by name and labels."""
-    async with httpx.AsyncClient(timeout=10.0) as http:
-        response = await http.get(url)
-    assert response.status_code == 200
-    assert response.headers["content-type"].startswith("text/plain")
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(response.text)
-        for sample in family.samples
-    }
-
-
-Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
