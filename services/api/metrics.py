@@ -37,8 +37,9 @@ RELAY_LAG = Histogram(
 )
 OUTBOX_REPLIES = Gauge(
     "chat_outbox_replies",
-    "Replies whose job the broker has not confirmed yet, as this instance's outbox relay last "
-    "found them (0 while the broker is healthy).",
+    "Replies stored more than 5 s ago (the outbox's grace) whose job the broker has not "
+    "confirmed, all of them, as this instance's outbox relay last counted them (every 2 s; "
+    "0 while the broker is healthy).",
 )
 LIMITS_REFUSED = Counter(
     "chat_limits_refused",

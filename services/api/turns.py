@@ -32,6 +32,8 @@ MARK_INTERVAL_SECONDS = 1.0
 """Marks go out at most this often, one write for all: well within the outbox's grace."""
 OUTBOX_GRACE = timedelta(seconds=5)
 """How long a fresh turn is left to the request that stored it before the outbox steps in."""
+OUTBOX_BATCH = 100
+"""The most replies the outbox relay publishes on one pass."""
 
 
 @dataclass
@@ -112,8 +114,11 @@ class Turns:
         while True:
             await asyncio.sleep(OUTBOX_POLL_SECONDS)
             try:
-                turns = await self.store.unpublished(OUTBOX_GRACE)
-                OUTBOX_REPLIES.set(len(turns))
+                turns = await self.store.unpublished(OUTBOX_GRACE, OUTBOX_BATCH)
+                waiting = len(turns)
+                if waiting == OUTBOX_BATCH:  # a full batch: there may be more behind it
+                    waiting = await self.store.count_unpublished(OUTBOX_GRACE)
+                OUTBOX_REPLIES.set(waiting)
                 if turns:
                     log.info("publishing %d replies from the outbox", len(turns))
                     await self.publish(turns)

@@ -255,12 +255,10 @@ class TurnStore:
             return None
         return Turn.from_documents(user, reply)
 
-    async def unpublished(self, older_than: timedelta, limit: int = 100) -> list[Turn]:
+    async def unpublished(self, older_than: timedelta, limit: int) -> list[Turn]:
         """Turns whose job the broker has not confirmed, oldest first: the outbox."""
         cursor = (
-            self.messages.find({"published": False, "createdAt": {"$lt": now() - older_than}})
-            .sort("createdAt", ASCENDING)
-            .limit(limit)
+            self.messages.find(_unpublished(older_than)).sort("createdAt", ASCENDING).limit(limit)
         )
         turns = []
         async for reply in cursor:
@@ -268,6 +266,14 @@ class TurnStore:
             if user is not None:
                 turns.append(Turn.from_documents(user, reply))
         return turns
+
+    async def count_unpublished(self, older_than: timedelta) -> int:
+        """How many replies the outbox holds, all of them (the partial index counts them)."""
+        return await self.messages.count_documents(_unpublished(older_than))
+
+
+def _unpublished(older_than: timedelta) -> dict[str, Any]:
+    return {"published": False, "createdAt": {"$lt": now() - older_than}}
 
 
 def _group(turn: Turn, known: bool) -> Group:

@@ -5,18 +5,24 @@ logs text at DEBUG, so both formats, the context on each line and the redaction 
 what the services really write.
 """
 
+import asyncio
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aio_pika
 import httpx
 import orjson
 import pytest
+from aio_pika.exceptions import DeliveryError
 from websockets.asyncio.client import connect
 
 from devstack.processes import Process
 from devstack.stack import Stack
+from shared.broker import CHAT_QUEUE, publish_job
+from shared.schemas import LOCAL_OWNER, ChatJob
 from tests.clients import Subscriber
 from tests.helpers import ApiClient, eventually, expected_reply, new_conversation_id, prompt
 from tests.infra import rabbitmq, service_env
@@ -25,6 +31,9 @@ from tests.metrics import Samples, scrape, value
 SECRET = "s3cret-token-value"
 TOKENS = 8
 MAX_BODY_BYTES = 64 * 1024  # the JSON API's own limit, so a refusal can be provoked
+QUEUE_LIMIT = 1
+WAITING = 130
+"""More replies than the outbox relay publishes on one pass (100)."""
 
 
 @dataclass
@@ -240,3 +249,74 @@ async def test_a_refused_body_is_counted_by_its_limit(
     after = await scrape(metrics)
     refused = value(after, "chat_limits_refused_total", limit="body")
     assert refused - value(before, "chat_limits_refused_total", limit="body") == 1
+
+
+@dataclass
+class FullQueue:
+    """An API alone on a virtual host of its own, whose chat-message queue the test can fill."""
+
+    api_url: str
+    broker_url: str
+    vhost: str
+
+
+@pytest.fixture
+def full_queue(mongodb_url: str, model_url: str, log_dir: Path) -> Iterator[FullQueue]:
+    with rabbitmq("chat-test-outbox") as broker:
+        if broker.vhost is None:
+            pytest.skip("a queue limit needs a virtual host of its own")
+        stack = Stack(env=service_env(mongodb_url, broker, model_url), log_dir=log_dir / "outbox")
+        try:
+            _, api_url = stack.start_api(name="outbox-api")
+            yield FullQueue(api_url, broker.url, broker.vhost)
+        finally:
+            stack.stop()
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=30)
+
+
+async def fill(broker_url: str) -> None:
+    """Publish jobs for no reply until RabbitMQ refuses one: the queue is full."""
+    connection = await aio_pika.connect(broker_url)
+    async with connection:
+        channel = await connection.channel()
+        job = ChatJob(
+            owner=LOCAL_OWNER, conversation_id="none", user_message_id="none", message_id="none"
+        )
+        with pytest.raises(DeliveryError):
+            for _ in range(QUEUE_LIMIT + 2):  # a quorum queue may take one past its limit
+                await publish_job(channel, job)
+
+
+async def test_the_outbox_gauge_counts_every_waiting_reply(full_queue: FullQueue) -> None:
+    """More replies wait than the relay publishes on one pass: the gauge says how many.
+
+    RabbitMQ refuses their jobs (the queue is at its length limit), as it would a full queue
+    in production; the gauge going back to 0 is the broker-outage fault test's.
+    """
+    vhost = full_queue.vhost
+    metrics = f"{full_queue.api_url}/metrics"
+    limit = f'{{"max-length":{QUEUE_LIMIT},"overflow":"reject-publish"}}'
+    await asyncio.to_thread(
+        rabbitmqctl,
+        "set_policy",
+        "-p",
+        vhost,
+        "--apply-to",
+        "queues",
+        "full",
+        f"^{CHAT_QUEUE}$",
+        limit,
+    )
+    async with httpx.AsyncClient(base_url=full_queue.api_url, timeout=10.0) as http:
+        api = ApiClient(http)
+        await fill(full_queue.broker_url)
+        for _ in range(WAITING // 10):
+            await asyncio.gather(*(api.post_chat(prompt("outbox")) for _ in range(10)))
+
+        async def gauge(expected: int) -> bool:
+            return value(await scrape(metrics), "chat_outbox_replies") == expected
+
+        await eventually(lambda: gauge(WAITING), 30, what=f"the gauge to count {WAITING}")
