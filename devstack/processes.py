@@ -12,6 +12,8 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+START_SECONDS = 120.0
+"""How long a process may take to be ready: generous, for a loaded machine's slow imports."""
 
 
 def free_port() -> int:
@@ -78,7 +80,7 @@ class Process:
         """The exit code once it exited (negative: the signal that ended it), else None."""
         return None if self.popen is None else self.popen.poll()
 
-    def wait_ready(self, ready: Callable[[], bool], timeout: float = 30.0) -> "Process":
+    def wait_ready(self, ready: Callable[[], bool], timeout: float = START_SECONDS) -> "Process":
         def check() -> bool:
             if not self.running():
                 raise RuntimeError(

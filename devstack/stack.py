@@ -87,7 +87,7 @@ def start_secantus(
         child_env(),
         log_dir,
     ).start()
-    process.wait_ready(lambda: port_open("127.0.0.1", port), timeout=30)
+    process.wait_ready(lambda: port_open("127.0.0.1", port))
     # SecantusDB serves each connection on a Python thread of its own: a small pool keeps
     # them from queueing for its interpreter lock (measured by the benchmark).
     return process, f"mongodb://127.0.0.1:{port}/?directConnection=true&maxPoolSize=8"
@@ -105,7 +105,7 @@ def start_mock_model(
         child_env(),
         log_dir,
     ).start()
-    process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), timeout=30)
+    process.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"))
     return process, f"http://127.0.0.1:{port}/v1"
 
 
@@ -127,7 +127,7 @@ class Stack:
         process = Process(name, python_module("services.api"), env, self.log_dir).start()
         self.processes.append(process)
         url = f"http://127.0.0.1:{port}"
-        process.wait_ready(lambda: http_ok(f"{url}/readyz"), timeout=30)
+        process.wait_ready(lambda: http_ok(f"{url}/readyz"))
         return process, url
 
     def start_responder(self, name: str | None = None, **overrides: str) -> Process:
@@ -139,7 +139,7 @@ class Stack:
         self.responders.append(process)
         amqp_url = env.get("RABBITMQ_URL") or Settings().rabbitmq_url
         running = sum(responder.running() for responder in self.responders)
-        process.wait_ready(lambda: chat_consumers(amqp_url) >= running, timeout=30)
+        process.wait_ready(lambda: chat_consumers(amqp_url) >= running)
         return process
 
     def stop(self) -> None:

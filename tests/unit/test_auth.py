@@ -116,7 +116,10 @@ def key_server() -> Iterator[KeyServer]:
 
 @pytest.fixture
 async def jwks_verifier(key_server: KeyServer) -> AsyncIterator[TokenVerifier]:
-    verifier = TokenVerifier(KeySet(key_server.url, cache_seconds=300), None, "chat-api", LEEWAY)
+    """On a clock that stands still: a slow machine's key generation between two requests
+    does not pass for the refetch interval."""
+    key_set = KeySet(key_server.url, cache_seconds=300, clock=Clock())
+    verifier = TokenVerifier(key_set, None, "chat-api", LEEWAY)
     try:
         yield verifier
     finally:
